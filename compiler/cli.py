@@ -1,0 +1,224 @@
+"""The ``relugate`` command line.
+
+Exit codes (stable; scripts depend on them):
+
+====  ==========================================================
+0     success
+2     usage error (unknown option, missing argument)
+3     bad input: unreadable/unsupported model, bad spec, bad array
+4     a property could not be guaranteed
+5     output folder or bundle problem
+70    internal error (a bug: please report it with --debug output)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from relugate import __version__
+from relugate.compiler import inspect as inspect_mod
+from relugate.compiler.errors import INTERNAL_ERROR_EXIT, RelugateError
+from relugate.compiler.tables import compile_tables, inspect_tables, pass_table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="relugate: compile ReLU networks into smaller, faster, provably equivalent and safe ones.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"relugate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    STATE["debug"] = debug
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    """Turn errors into one clear message and an exit code; tracebacks only with --debug."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except RelugateError as exc:
+        if STATE["debug"]:
+            err.print_exception()
+        err.print(f"[bold red]error[/] ({exc.kind}): {escape(str(exc))}", highlight=False, markup=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if STATE["debug"]:
+            err.print_exception()
+        err.print(
+            f"[bold red]internal error[/]: {exc.__class__.__name__}: {escape(str(exc))}\n"
+            "This is a bug in relugate; rerun with --debug and report the traceback.",
+            highlight=False,
+        )
+        raise typer.Exit(INTERNAL_ERROR_EXIT) from None
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show a model's layers, ReLUs, ops, parameters, shapes, and whether relugate supports it."""
+    with _guard():
+        info = inspect_mod.inspect_model(model)
+        if as_json:
+            out.print_json(json.dumps(info))
+        else:
+            for table in inspect_tables(info):
+                out.print(table)
+        if not info["supported"]:
+            err.print(f"[bold red]unsupported[/]: {escape(info['reason'])}", highlight=False)
+            raise typer.Exit(3)
+
+
+@app.command()
+def compile(  # noqa: A001 - the command is called compile
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (written atomically).")],
+    spec: Annotated[
+        list[Path] | None, typer.Option("--spec", help="VNN-LIB property; repeat for several.")
+    ] = None,
+    input_box: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-box",
+            help="Input interval 'lo,hi': once per input in order, or once for all inputs.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    time_passes: Annotated[bool, typer.Option("--time-passes", help="Print the time of every pass.")] = False,
+    dump_ir: Annotated[
+        Path | None, typer.Option("--dump-ir", help="Write the model as ONNX after every pass here.")
+    ] = None,
+    verify_each: Annotated[
+        bool,
+        typer.Option("--verify-each", help="After every pass, compare with its input in onnxruntime."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compile MODEL for the domain of its property and write OUT/model.onnx and OUT/report.json."""
+    from relugate.compiler.compile import CompileOptions, compile_model
+
+    with _guard(), _progress() as progress:
+        task = progress.add_task("loading", total=None)
+
+        def on_step(name: str) -> None:
+            progress.update(task, description=f"pass {name}")
+
+        options = CompileOptions(
+            out_dir=output, overwrite=force, dump_ir=dump_ir, verify_each=verify_each, on_step=on_step
+        )
+        result = compile_model(model, options, specs=spec or [], input_box=input_box or [])
+        progress.update(task, description="done")
+    report = result.report
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    for table in compile_tables(report):
+        out.print(table)
+    if time_passes:
+        out.print(pass_table(report["passes"]))
+    shown = escape(str(output))
+    out.print(f"wrote [bold]{shown}/model.onnx[/] and [bold]{shown}/report.json[/]", highlight=False)
+
+
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    inputs: Annotated[Path, typer.Argument(help=".npy file: one input, or a batch (N, ...).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Save outputs as .npy.")] = None,
+) -> None:
+    """Run MODEL on the inputs in a .npy file with relugate's float32 reference evaluator."""
+    from relugate.compiler.errors import BadInput, BundleError
+    from relugate.compiler.frontend import load_model
+    from relugate.compiler.importer import import_network
+    from relugate.runtime.checks import check_batch
+
+    with _guard():
+        net = import_network(load_model(model))
+        try:
+            array = np.load(inputs, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"{inputs}: not a readable .npy file ({exc})") from exc
+        batch, single = check_batch(array, net.input.shape, net.input.has_batch, net.input.name)
+        result = net.forward(batch, np.float32)
+        if single:
+            result = result.reshape(net.output.shape)
+        if output is not None:
+            try:
+                with open(output, "wb") as f:  # np.save(path) would append .npy to other names
+                    np.save(f, result)
+            except OSError as exc:
+                raise BundleError(f"{output}: cannot write ({exc.strerror})") from exc
+            out.print(f"wrote {escape(str(output))} {result.shape}", highlight=False)
+        else:
+            np.set_printoptions(precision=6, suppress=True)
+            out.print(result, highlight=False)
+
+
+@app.command()
+def example(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the example files.")],
+) -> None:
+    """Train the shipped example network and write collision.onnx and collision.vnnlib."""
+    from relugate.compiler.example import write_example
+
+    with _guard():
+        model_path, spec_path = write_example(output)
+    out.print(f"wrote {model_path} and {spec_path}")
+
+
+@app.command()
+def passes() -> None:
+    """List the compiler's passes in the order they run."""
+    from relugate.compiler.pipeline import default_passes
+
+    for index, p in enumerate(default_passes(), start=1):
+        doc = (sys.modules[type(p).__module__].__doc__ or "").strip().split("\n\n")[0]
+        out.print(f"{index}. [bold]{p.name}[/]: {escape(' '.join(doc.split()))}", highlight=False)
+
+
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=err, transient=True,
+    )
+    with progress:
+        yield progress
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return app(args=argv, prog_name="relugate")

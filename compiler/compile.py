@@ -1,0 +1,163 @@
+"""``compile_model``: the whole compile, as the CLI and the Python API run it.
+
+load -> import -> property/domain -> pipeline -> export -> check against the
+original in onnxruntime -> write ``model.onnx`` and ``report.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from relugate import __version__
+from relugate.compiler.atomic import atomic_directory, check_target, write_json
+from relugate.compiler.domain import Box
+from relugate.compiler.errors import BadSpec, EquivalenceError
+from relugate.compiler.exporter import to_onnx
+from relugate.compiler.frontend import LoadedModel, load_model
+from relugate.compiler.importer import import_network
+from relugate.compiler.instruments import DumpIR, VerifyEach, default_box
+from relugate.compiler.network import Network, TensorSpec
+from relugate.compiler.onnx_run import TOLERANCE, mismatch, run_batch
+from relugate.compiler.pipeline import Instrument, Pipeline, PipelineResult, default_passes
+from relugate.compiler.spec import Property, parse_input_box, read_vnnlib
+from relugate.passes.base import PassContext
+
+CHECK_SAMPLES = 64
+
+
+@dataclass
+class CompileOptions:
+    out_dir: Path
+    overwrite: bool = False
+    dump_ir: Path | None = None
+    verify_each: bool = False
+    verify_samples: int = 256
+    check_samples: int = CHECK_SAMPLES
+    on_step: Callable[[str], None] | None = field(default=None, repr=False)
+
+
+@dataclass
+class CompileResult:
+    network: Network
+    report: dict[str, Any]
+    out_dir: Path
+
+
+def load_properties(paths: Sequence[Path], net: Network) -> list[Property]:
+    props = [read_vnnlib(p) for p in paths]
+    for prop in props:
+        if prop.n_inputs != net.input.size or prop.n_outputs != net.output.size:
+            raise BadSpec(
+                f"{prop.source}: the spec has {prop.n_inputs} inputs and {prop.n_outputs} outputs; "
+                f"the model has {net.input.size} inputs and {net.output.size} outputs"
+            )
+    return props
+
+
+def resolve_domain(props: Sequence[Property], input_box: Sequence[str], net: Network) -> Box | None:
+    """The input domain: hull of the specs' boxes, or the --input-box given."""
+    if props and input_box:
+        raise BadSpec("give either --spec or --input-box, not both")
+    if input_box:
+        box = parse_input_box(input_box, n_inputs=net.input.size)
+        if box.dim != net.input.size:
+            raise BadSpec(
+                f"--input-box gives {box.dim} intervals; the model has {net.input.size} inputs"
+            )
+        return box
+    if not props:
+        return None
+    lo = np.min([p.domain().lo for p in props], axis=0)
+    hi = np.max([p.domain().hi for p in props], axis=0)
+    return Box(lo, hi)
+
+
+def compile_model(
+    model: str | Path,
+    options: CompileOptions,
+    specs: Sequence[str | Path] = (),
+    input_box: Sequence[str] = (),
+) -> CompileResult:
+    started = time.perf_counter()
+    check_target(options.out_dir, options.overwrite)
+    loaded = load_model(model)
+    net = import_network(loaded)
+    props = load_properties([Path(s) for s in specs], net)
+    domain = resolve_domain(props, input_box, net)
+    instruments: list[Instrument] = []
+    verifier = VerifyEach(domain, options.verify_samples) if options.verify_each else None
+    if verifier is not None:
+        instruments.append(verifier)
+    if options.dump_ir is not None:
+        instruments.append(DumpIR(options.dump_ir))
+    pipeline = Pipeline(default_passes(), instruments, options.on_step)
+    result = pipeline.run(net, PassContext(domain=domain))
+    exported = to_onnx(result.network)
+    check = check_against_original(loaded, net, exported, domain, options.check_samples)
+    report = build_report(loaded, net, result, props, domain, check, verifier)
+    report["seconds"] = round(time.perf_counter() - started, 4)
+    with atomic_directory(options.out_dir, options.overwrite) as tmp:
+        onnx.save(exported, str(tmp / "model.onnx"))
+        write_json(tmp / "report.json", report)
+    return CompileResult(result.network, report, options.out_dir)
+
+
+def check_against_original(
+    loaded: LoadedModel, net: Network, exported: onnx.ModelProto, domain: Box | None, samples: int
+) -> dict[str, Any]:
+    """Run the original and the compiled model in onnxruntime on the domain; fail if they differ."""
+    box = domain or default_box(net)
+    points = np.concatenate(
+        [box.corners_and_center(), box.sample(samples, np.random.default_rng(1))]
+    )
+    original = run_batch(str(loaded.path), net.input, points)
+    out_spec = TensorSpec(net.input.name, net.input.shape, net.input.has_batch)
+    compiled = run_batch(exported, out_spec, points)
+    worst = float(mismatch(original, compiled).max())
+    if worst > TOLERANCE:
+        raise EquivalenceError(
+            f"internal error: the compiled model differs from the original by {worst:.3g} "
+            f"(relative) on the domain; tolerance {TOLERANCE}. Nothing was written."
+        )
+    return {"samples": len(points), "max_relative_error": worst, "tolerance": TOLERANCE}
+
+
+def build_report(
+    loaded: LoadedModel,
+    original: Network,
+    result: PipelineResult,
+    props: Sequence[Property],
+    domain: Box | None,
+    check: dict[str, Any],
+    verifier: VerifyEach | None,
+) -> dict[str, Any]:
+    return {
+        "relugate_version": __version__,
+        "model": {
+            "path": str(loaded.path),
+            "sha256": loaded.sha256,
+            "opset": loaded.original_opset,
+            "notes": list(loaded.notes),
+        },
+        "input": _spec_json(original.input),
+        "output": _spec_json(original.output),
+        "domain": None if domain is None else domain.to_json(),
+        "properties": [{"source": p.source, "cases": len(p.cases)} for p in props],
+        "before": original.stats(),
+        "after": result.network.stats(),
+        "passes": [step.to_json() for step in result.steps],
+        "check": check,
+        "verify_each": None if verifier is None else verifier.max_error,
+        "certificate": [entry.to_json() for entry in result.certificate],
+    }
+
+
+def _spec_json(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "shape": list(spec.shape), "has_batch": spec.has_batch}
