@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,9 @@ def check_target(target: Path, overwrite: bool) -> None:
     if not overwrite:
         raise BundleError(f"{target} already exists; pass --force to replace it")
     if any(target.iterdir()) and not (target / MARKER).is_file():
-        raise BundleError(f"{target} is not empty and was not written by relugate; refusing to replace it")
+        raise BundleError(
+            f"{target} is not empty and was not written by relugate; refusing to replace it"
+        )
 
 
 @contextmanager
@@ -41,12 +42,17 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     parent = target.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        # not tempfile.mkdtemp: its mode 0o700 would stay on the finished folder
+        tmp = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
     except OSError as exc:
         raise BundleError(f"cannot create {target}: {exc.strerror}") from exc
     try:
         yield tmp
         _commit(tmp, target, overwrite)
+    except OSError as exc:  # disk full, permissions, a target that cannot be renamed...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"cannot write {target}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -59,7 +65,11 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
         return
     old = target.absolute().parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(target, old)
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        os.rename(old, target)  # put the previous folder back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

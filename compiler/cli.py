@@ -38,8 +38,10 @@ app = typer.Typer(
     help="relugate: compile ReLU networks into smaller, faster, provably equivalent and safe ones.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
-err = Console(stderr=True)
+# Messages quote paths and node names from users' files: no emoji codes, no
+# re-wrapping (logs keep paths whole), and markup escaped where text is quoted.
+out = Console(emoji=False, soft_wrap=True)
+err = Console(stderr=True, emoji=False, soft_wrap=True)
 STATE = {"debug": False}
 
 
@@ -69,7 +71,8 @@ def _guard() -> Iterator[None]:
     except RelugateError as exc:
         if STATE["debug"]:
             err.print_exception()
-        err.print(f"[bold red]error[/] ({exc.kind}): {escape(str(exc))}", highlight=False, markup=True)
+        message = escape(str(exc))
+        err.print(f"[bold red]error[/] ({exc.kind}): {message}", highlight=False, markup=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
@@ -104,9 +107,11 @@ def inspect(
 
 
 @app.command()
-def compile(  # noqa: A001 - the command is called compile
+def compile(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (written atomically).")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output folder (written atomically).")
+    ],
     spec: Annotated[
         list[Path] | None, typer.Option("--spec", help="VNN-LIB property; repeat for several.")
     ] = None,
@@ -117,14 +122,21 @@ def compile(  # noqa: A001 - the command is called compile
             help="Input interval 'lo,hi': once per input in order, or once for all inputs.",
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
-    time_passes: Annotated[bool, typer.Option("--time-passes", help="Print the time of every pass.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder.")
+    ] = False,
+    time_passes: Annotated[
+        bool, typer.Option("--time-passes", help="Print the time of every pass.")
+    ] = False,
     dump_ir: Annotated[
-        Path | None, typer.Option("--dump-ir", help="Write the model as ONNX after every pass here.")
+        Path | None,
+        typer.Option("--dump-ir", help="Write the model as ONNX after every pass here."),
     ] = None,
     verify_each: Annotated[
         bool,
-        typer.Option("--verify-each", help="After every pass, compare with its input in onnxruntime."),
+        typer.Option(
+            "--verify-each", help="After every pass, compare with its input in onnxruntime."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -138,7 +150,11 @@ def compile(  # noqa: A001 - the command is called compile
             progress.update(task, description=f"pass {name}")
 
         options = CompileOptions(
-            out_dir=output, overwrite=force, dump_ir=dump_ir, verify_each=verify_each, on_step=on_step
+            out_dir=output,
+            overwrite=force,
+            dump_ir=dump_ir,
+            verify_each=verify_each,
+            on_step=on_step,
         )
         result = compile_model(model, options, specs=spec or [], input_box=input_box or [])
         progress.update(task, description="done")
@@ -150,15 +166,17 @@ def compile(  # noqa: A001 - the command is called compile
         out.print(table)
     if time_passes:
         out.print(pass_table(report["passes"]))
-    shown = escape(str(output))
-    out.print(f"wrote [bold]{shown}/model.onnx[/] and [bold]{shown}/report.json[/]", highlight=False)
+    to = escape(str(output))
+    out.print(f"wrote [bold]{to}/model.onnx[/] and [bold]{to}/report.json[/]", highlight=False)
 
 
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     inputs: Annotated[Path, typer.Argument(help=".npy file: one input, or a batch (N, ...).")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Save outputs as .npy.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Save outputs as .npy.")
+    ] = None,
 ) -> None:
     """Run MODEL on the inputs in a .npy file with relugate's float32 reference evaluator."""
     from relugate.compiler.errors import BadInput, BundleError
@@ -197,7 +215,7 @@ def example(
 
     with _guard():
         model_path, spec_path = write_example(output)
-    out.print(f"wrote {model_path} and {spec_path}")
+    out.print(f"wrote {escape(str(model_path))} and {escape(str(spec_path))}", highlight=False)
 
 
 @app.command()
@@ -213,8 +231,11 @@ def passes() -> None:
 @contextmanager
 def _progress() -> Iterator[Progress]:
     progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=err, transient=True,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     )
     with progress:
         yield progress

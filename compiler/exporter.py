@@ -32,10 +32,16 @@ def to_onnx(net: Network, batch: int | str | None = None) -> onnx.ModelProto:
     if batch is None:  # the input's own spelling, where the network keeps the batch axis
         batch = net.input.batch_dim if separable else 1
     if batch != 1 and not separable:
-        raise UnsupportedModel("a model without a batch axis on its input and output exports with batch 1")
+        raise UnsupportedModel(
+            "a model without a batch axis on its input and output exports with batch 1"
+        )
     graph = gs.Graph(opset=TARGET_OPSET, name="relugate", producer_name="relugate")
     graph.producer_version = __version__
-    x = gs.Variable(net.input.name, dtype=np.float32, shape=_io_shape(net.input.sample_shape, net.input.has_batch, batch, net.input.shape))
+    x = gs.Variable(
+        net.input.name,
+        dtype=np.float32,
+        shape=_io_shape(net.input.sample_shape, net.input.has_batch, batch, net.input.shape),
+    )
     graph.inputs = [x]
     h = x
     if not net.input.has_batch:
@@ -54,7 +60,9 @@ def to_onnx(net: Network, batch: int | str | None = None) -> onnx.ModelProto:
     return model
 
 
-def _io_shape(sample: tuple[int, ...], has_batch: bool, batch: int | str, full: tuple[int, ...]) -> list[int | str]:
+def _io_shape(
+    sample: tuple[int, ...], has_batch: bool, batch: int | str, full: tuple[int, ...]
+) -> list[int | str]:
     return [batch, *sample] if has_batch else list(full)
 
 
@@ -68,7 +76,9 @@ def _rename_output(graph: gs.Graph, h: gs.Variable, name: str) -> gs.Variable:
     return h
 
 
-def _op(graph: gs.Graph, op: str, name: str, inputs: list[gs.Tensor], **attrs: object) -> gs.Variable:
+def _op(
+    graph: gs.Graph, op: str, name: str, inputs: list[gs.Tensor], **attrs: object
+) -> gs.Variable:
     out = gs.Variable(f"{name}:out")
     graph.layer(op=op, name=name, inputs=inputs, outputs=[out], attrs=attrs)
     return out
@@ -79,7 +89,9 @@ def _const(name: str, value: np.ndarray) -> gs.Constant:
 
 
 def _reshape(graph: gs.Graph, h: gs.Variable, shape: list[int], name: str) -> gs.Variable:
-    return _op(graph, "Reshape", name, [h, _const(f"{name}/shape", np.array(shape, dtype=np.int64))])
+    return _op(
+        graph, "Reshape", name, [h, _const(f"{name}/shape", np.array(shape, dtype=np.int64))]
+    )
 
 
 def _dense(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
@@ -94,9 +106,15 @@ def _conv(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
     w = _const(f"{layer.name}/W", layer.weight)
     b = _const(f"{layer.name}/b", layer.bias)
     return _op(
-        graph, "Conv", layer.name, [h, w, b],
-        kernel_shape=list(layer.kernel), strides=list(layer.strides), pads=list(layer.pads),
-        dilations=list(layer.dilations), group=layer.group,
+        graph,
+        "Conv",
+        layer.name,
+        [h, w, b],
+        kernel_shape=list(layer.kernel),
+        strides=list(layer.strides),
+        pads=list(layer.pads),
+        dilations=list(layer.dilations),
+        group=layer.group,
     )
 
 
@@ -107,8 +125,13 @@ def _relu(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
 def _maxpool(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
     assert isinstance(layer, MaxPool)
     return _op(
-        graph, "MaxPool", layer.name, [h],
-        kernel_shape=list(layer.kernel), strides=list(layer.strides), pads=list(layer.pads),
+        graph,
+        "MaxPool",
+        layer.name,
+        [h],
+        kernel_shape=list(layer.kernel),
+        strides=list(layer.strides),
+        pads=list(layer.pads),
         dilations=list(layer.dilations),
     )
 
@@ -147,4 +170,3 @@ EMITTERS: dict[type, Emitter] = {
     Scale: _scale,
 }
 """One ONNX emitter per canonical layer type."""
-

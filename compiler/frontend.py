@@ -137,13 +137,16 @@ def _pin_batch_axis(model: onnx.ModelProto, path: Path) -> int | str:
         elem = tensor_type.elem_type
         known = elem in onnx.TensorProto.DataType.values()
         name = onnx.TensorProto.DataType.Name(elem) if known else f"of unknown type {elem}"
-        raise UnsupportedModel(f"{path}: input {inputs[0].name!r} is {name}; only FLOAT is supported")
+        raise UnsupportedModel(
+            f"{path}: input {inputs[0].name!r} is {name}; only FLOAT is supported"
+        )
     if not tensor_type.HasField("shape"):
         raise UnsupportedModel(f"{path}: input {inputs[0].name!r} has no declared shape")
-    batch_dim: int | str = 1
+    batch_dim: int | str = 1  # a rank-1 input has no batch axis: its axis 0 is data
+    rank = len(tensor_type.shape.dim)
     for axis, dim in enumerate(tensor_type.shape.dim):
         if dim.HasField("dim_value") and dim.dim_value > 0:
-            if axis == 0:
+            if axis == 0 and rank >= 2:
                 batch_dim = int(dim.dim_value)
             continue
         if axis == 0 and len(tensor_type.shape.dim) >= 2:
@@ -159,7 +162,9 @@ def _pin_batch_axis(model: onnx.ModelProto, path: Path) -> int | str:
 
 def _infer_shapes(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     try:
-        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return shape_inference.infer_shapes(
+            model, check_type=True, strict_mode=True, data_prop=True
+        )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"{path}: shapes do not check out: {first}") from exc

@@ -43,7 +43,10 @@ class Tracer:
         return (1, *self.sample) if self.has_batch else self.sample
 
     def emit(self, layer: Layer) -> None:
-        self.sample = layer.out_shape(self.sample)
+        try:
+            self.sample = layer.out_shape(self.sample)
+        except ValueError as exc:  # shapes ONNX shape inference let through
+            raise ModelError(f"node {layer.name!r}: {exc} (activation {self.full})") from exc
         self.layers.append(layer)
 
     def relayout(self, name: str, out_full: Shape) -> None:
@@ -153,7 +156,8 @@ def _visit(
     used_outputs = [o for o in node.outputs[1:] if o.outputs or o.name in outputs]
     if used_outputs:
         raise UnsupportedModel(
-            f"extra outputs {[o.name for o in used_outputs]} are used; only the first is supported:",
+            f"extra outputs {[o.name for o in used_outputs]} are used; "
+            "only the first is supported:",
             [(node.name, node.op)],
         )
     CONVERTERS[node.op](node, t)
@@ -214,7 +218,6 @@ def _finish(loaded: LoadedModel, graph: gs.Graph, t: Tracer) -> Network:
     (vi,) = graph_inputs(loaded.model)
     in_shape = tuple(int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
     in_has_batch = len(in_shape) >= 2 and in_shape[0] == 1
-    batch_dim = loaded.batch_dim if in_has_batch else 1  # a 1-d input's axis 0 is no batch
-    net_in = TensorSpec(vi.name, in_shape, in_has_batch, batch_dim)
-    net_out = TensorSpec(out.name, t.full, t.has_batch, batch_dim)
+    net_in = TensorSpec(vi.name, in_shape, in_has_batch, loaded.batch_dim)
+    net_out = TensorSpec(out.name, t.full, t.has_batch, loaded.batch_dim)
     return Network(net_in, net_out, tuple(t.layers))

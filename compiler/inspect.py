@@ -15,7 +15,10 @@ from relugate.compiler.importer import import_network
 
 
 def _value_shape(vi: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in vi.type.tensor_type.shape.dim
+    ]
 
 
 def inspect_model(path: str | Path) -> dict[str, Any]:
@@ -31,7 +34,9 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
         "sha256": loaded.sha256,
         "opset": loaded.original_opset,
         "notes": list(loaded.notes),
-        "inputs": [{"name": vi.name, "shape": _value_shape(vi)} for vi in graph_inputs(loaded.model)],
+        "inputs": [
+            {"name": vi.name, "shape": _value_shape(vi)} for vi in graph_inputs(loaded.model)
+        ],
         "outputs": [{"name": vi.name, "shape": _value_shape(vi)} for vi in graph.output],
         "ops": dict(Counter(node.op_type for node in graph.node)),
         "nodes": len(graph.node),
@@ -40,7 +45,9 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     try:
         net = import_network(loaded)
     except UnsupportedModel as exc:
-        info.update(supported=False, reason=str(exc), unsupported_nodes=[list(n) for n in exc.nodes])
+        info.update(
+            supported=False, reason=str(exc), unsupported_nodes=[list(n) for n in exc.nodes]
+        )
         return info
     info.update(supported=True, reason=None, stats=net.stats(), layers=net.summary())
     return info

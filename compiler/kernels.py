@@ -37,10 +37,21 @@ def _window(
     offset: tuple[int, ...], dilation: Sequence[int], stride: Sequence[int], out: Sequence[int]
 ) -> tuple[slice, ...]:
     """Slice of the padded input that kernel position ``offset`` sees for every output."""
-    return (slice(None), slice(None)) + tuple(
-        slice(o * d, o * d + s * (n - 1) + 1, s)
-        for o, d, s, n in zip(offset, dilation, stride, out, strict=True)
+    return (
+        slice(None),
+        slice(None),
+        *(
+            slice(o * d, o * d + s * (n - 1) + 1, s)
+            for o, d, s, n in zip(offset, dilation, stride, out, strict=True)
+        ),
     )
+
+
+def _crop(pads: Sequence[int], x_shape: Sequence[int]) -> tuple[slice, ...]:
+    """The unpadded region of a padded gradient."""
+    rank = len(x_shape) - 2
+    inner = (slice(pads[i], pads[i] + x_shape[2 + i]) for i in range(rank))
+    return (slice(None), slice(None), *inner)
 
 
 def _kernel_tap(offset: tuple[int, ...]) -> tuple[Any, ...]:
@@ -111,8 +122,10 @@ def conv_backward(
         w = wg[_kernel_tap(off)]
         contrib = np.einsum("bgo...,goc->bgc...", gg, w, optimize=True)
         gx[_window(off, dilations, strides, out)] += contrib.reshape(batch, cin, *out)
-    crop = (slice(None), slice(None)) + tuple(
-        slice(pads[i], pads[i] + x_shape[2 + i]) for i in range(rank)
+    crop = (
+        slice(None),
+        slice(None),
+        *(slice(pads[i], pads[i] + x_shape[2 + i]) for i in range(rank)),
     )
     return gx[crop]
 
@@ -156,7 +169,9 @@ def maxpool_backward(
     for k, off in enumerate(offsets):
         gx[_window(off, dilations, strides, out)] += np.where(arg == k, grad, 0.0)
     rank = len(kernel)
-    crop = (slice(None), slice(None)) + tuple(
-        slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(rank)
+    crop = (
+        slice(None),
+        slice(None),
+        *(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(rank)),
     )
     return gx[crop]

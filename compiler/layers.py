@@ -67,7 +67,9 @@ class Dense(Layer):
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"dense {self.name}: weight {self.weight.shape}, bias {self.bias.shape}")
+            raise ValueError(
+                f"dense {self.name}: weight {self.weight.shape}, bias {self.bias.shape}"
+            )
         object.__setattr__(self, "weight", _frozen(self.weight))
         object.__setattr__(self, "bias", _frozen(self.bias))
 
@@ -119,7 +121,9 @@ class Conv(Layer):
     def __post_init__(self) -> None:
         rank = self.weight.ndim - 2
         if rank not in (1, 2) or self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"conv {self.name}: weight {self.weight.shape}, bias {self.bias.shape}")
+            raise ValueError(
+                f"conv {self.name}: weight {self.weight.shape}, bias {self.bias.shape}"
+            )
         if len(self.strides) != rank or len(self.dilations) != rank or len(self.pads) != 2 * rank:
             raise ValueError(f"conv {self.name}: attribute lengths do not match rank {rank}")
         object.__setattr__(self, "weight", _frozen(self.weight))

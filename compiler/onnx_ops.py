@@ -90,8 +90,9 @@ def _batchnorm(node: gs.Node, t: Tracer) -> None:
     )
     eps = float(node.attrs.get("epsilon", 1e-5))
     mul = gamma / np.sqrt(var + eps)
-    trailing = (1,) * (len(t.sample) - 1)
-    t.emit(Scale(node.name, mul=mul.reshape(-1, *trailing), add=(beta - mean * mul).reshape(-1, *trailing)))
+    trailing = (1,) * (len(t.full) - 2)  # the channel axis is axis 1 of the full tensor
+    add = _per_sample(node, t, (beta - mean * mul).reshape(-1, *trailing))
+    t.emit(Scale(node.name, mul=_per_sample(node, t, mul.reshape(-1, *trailing)), add=add))
 
 
 def _relu(node: gs.Node, t: Tracer) -> None:
@@ -169,7 +170,9 @@ def _explicit_pads(node: gs.Node, t: Tracer, kernel: Shape, strides: Shape, dil:
     begin, end = [], []
     for i in range(rank):
         size = t.sample[1 + i]
-        total = max((ceil(size / strides[i]) - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size, 0)
+        total = max(
+            (ceil(size / strides[i]) - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size, 0
+        )
         small, big = total // 2, total - total // 2
         begin.append(small if auto == "SAME_UPPER" else big)
         end.append(big if auto == "SAME_UPPER" else small)
@@ -187,14 +190,18 @@ def _window_attrs(node: gs.Node, t: Tracer, kernel: Shape) -> tuple[Shape, Shape
     return strides, _explicit_pads(node, t, kernel, strides, dil), dil
 
 
-def _check_ceil_mode(node: gs.Node, t: Tracer, kernel: Shape, strides: Shape, pads: Shape, dil: Shape) -> None:
+def _check_ceil_mode(
+    node: gs.Node, t: Tracer, kernel: Shape, strides: Shape, pads: Shape, dil: Shape
+) -> None:
     if not node.attrs.get("ceil_mode", 0):
         return
     rank = len(kernel)
     for i in range(rank):
         span = t.sample[1 + i] + pads[i] + pads[i + rank] - dil[i] * (kernel[i] - 1) - 1
         if span % strides[i]:
-            raise _refuse(node, "ceil_mode=1 changes the output shape here; export with ceil_mode=0")
+            raise _refuse(
+                node, "ceil_mode=1 changes the output shape here; export with ceil_mode=0"
+            )
 
 
 def _conv(node: gs.Node, t: Tracer) -> None:
@@ -204,7 +211,17 @@ def _conv(node: gs.Node, t: Tracer) -> None:
     strides, pads, dil = _window_attrs(node, t, kernel)
     bias = np.zeros(weight.shape[0]) if bias is None else bias
     group = int(node.attrs.get("group", 1))
-    t.emit(Conv(node.name, weight=weight, bias=bias, strides=strides, pads=pads, dilations=dil, group=group))
+    t.emit(
+        Conv(
+            node.name,
+            weight=weight,
+            bias=bias,
+            strides=strides,
+            pads=pads,
+            dilations=dil,
+            group=group,
+        )
+    )
 
 
 def _maxpool(node: gs.Node, t: Tracer) -> None:
@@ -218,6 +235,8 @@ def _avgpool(node: gs.Node, t: Tracer) -> None:
     """Average pooling is linear: a depthwise convolution with weights 1/k."""
     channels = t.sample[0]
     if node.op == "GlobalAveragePool":
+        if not t.has_batch or len(t.sample) not in (2, 3):
+            raise _refuse(node, f"needs a batched 1-d or 2-d feature map, got {t.full}")
         kernel = tuple(t.sample[1:])
         strides, pads, dil = (1,) * len(kernel), (0,) * (2 * len(kernel)), (1,) * len(kernel)
     else:
@@ -227,7 +246,17 @@ def _avgpool(node: gs.Node, t: Tracer) -> None:
         if any(pads) and not node.attrs.get("count_include_pad", 0):
             raise _refuse(node, "padding with count_include_pad=0 is not linear per window")
     weight = np.full((channels, 1, *kernel), 1.0 / prod(kernel))
-    t.emit(Conv(node.name, weight=weight, bias=np.zeros(channels), strides=strides, pads=pads, dilations=dil, group=channels))
+    t.emit(
+        Conv(
+            node.name,
+            weight=weight,
+            bias=np.zeros(channels),
+            strides=strides,
+            pads=pads,
+            dilations=dil,
+            group=channels,
+        )
+    )
 
 
 # -- layout --------------------------------------------------------------
@@ -291,7 +320,7 @@ def _transpose(node: gs.Node, t: Tracer) -> None:
 
 
 def _shape_value(full: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
-    start, end = attrs.get("start", 0), attrs.get("end", None)
+    start, end = attrs.get("start", 0), attrs.get("end")
     return full[start:end]
 
 

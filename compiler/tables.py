@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 
 def inspect_tables(info: dict[str, Any]) -> list[Table]:
-    head = Table(title=f"{info['path']}", show_header=False)
+    # names and paths come from the user's files: escape them, or rich reads "[...]" as markup
+    head = Table(title=escape(str(info["path"])), show_header=False)
     head.add_row("opset", str(info["opset"]))
     for io in ("inputs", "outputs"):
         for vi in info[io]:
-            head.add_row(io[:-1], f"{vi['name']} {vi['shape']}")
-    head.add_row("ops", ", ".join(f"{op} x{n}" for op, n in sorted(info["ops"].items())))
+            head.add_row(io[:-1], escape(f"{vi['name']} {vi['shape']}"))
+    head.add_row("ops", escape(", ".join(f"{op} x{n}" for op, n in sorted(info["ops"].items()))))
     head.add_row("parameters (ONNX)", f"{info['onnx_params']:,}")
     head.add_row("supported", "yes" if info["supported"] else "[red]no[/]")
     if not info["supported"]:
@@ -27,14 +30,19 @@ def inspect_tables(info: dict[str, Any]) -> list[Table]:
         layers.add_column(col, justify="right" if col in ("#", "params") else "left")
     for row in info["layers"]:
         layers.add_row(
-            str(row["index"]), row["name"], row["what"], str(tuple(row["in"])),
-            str(tuple(row["out"])), f"{row['params']:,}",
+            str(row["index"]),
+            escape(row["name"]),
+            escape(row["what"]),
+            str(tuple(row["in"])),
+            str(tuple(row["out"])),
+            f"{row['params']:,}",
         )
     return [head, layers]
 
 
 def compile_tables(report: dict[str, Any]) -> list[Table]:
-    table = Table(title=f"compiled {report['model']['path']}")
+    name = Path(report["model"]["path"]).name
+    table = Table(title=f"compiled {escape(name)}", min_width=64)
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -54,7 +62,9 @@ def pass_table(steps: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="left" if col == "pass" else "right")
     for step in steps:
         table.add_row(
-            step["name"], "yes" if step["changed"] else "no", f"{1000 * step['seconds']:.2f}",
+            step["name"],
+            "yes" if step["changed"] else "no",
+            f"{1000 * step['seconds']:.2f}",
             f"{step['relus_before']:,} -> {step['relus_after']:,}",
             f"{step['params_before']:,} -> {step['params_after']:,}",
         )

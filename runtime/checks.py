@@ -12,7 +12,9 @@ from relugate.compiler.errors import BadInput
 ACCEPTED_DTYPES = (np.float32, np.float64)
 
 
-def check_batch(x: object, shape: tuple[int, ...], has_batch: bool, name: str) -> tuple[np.ndarray, bool]:
+def check_batch(
+    x: object, shape: tuple[int, ...], has_batch: bool, name: str
+) -> tuple[np.ndarray, bool]:
     """Validate ``x`` for an input declared as ``shape`` and return ``(batch, single)``.
 
     ``x`` is either one input shaped exactly like ``shape`` or a batch shaped
@@ -32,9 +34,13 @@ def check_batch(x: object, shape: tuple[int, ...], has_batch: bool, name: str) -
             f"input {name!r} must have shape {tuple(shape)} or (N, {', '.join(map(str, sample))}); "
             f"got {arr.shape}"
         )
-    batch = np.ascontiguousarray(arr, dtype=np.float32).reshape((-1, *sample))
+    with np.errstate(over="ignore"):  # values beyond float32 become Inf, reported just below
+        batch = np.ascontiguousarray(arr, dtype=np.float32).reshape((-1, *sample))
     finite = np.isfinite(batch.reshape(len(batch), -1))
     if not finite.all():
         row, col = (int(v) for v in np.argwhere(~finite)[0])
-        raise BadInput(f"input {name!r} holds NaN or Inf (or a value beyond float32) at row {row}, element {col}")
+        raise BadInput(
+            f"input {name!r} holds NaN or Inf (or a value beyond float32) "
+            f"at row {row}, element {col}"
+        )
     return batch, single

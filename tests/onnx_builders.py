@@ -76,7 +76,9 @@ def chain(
                 names.append(key)
         out = output_name if i == len(steps) - 1 else f"t{i}"
         outs = [out] + [f"{out}_extra{k}" for k in range(1, s.outputs)]
-        nodes.append(helper.make_node(s.op, names, outs, name=s.name or f"{s.op.lower()}{i}", **s.attrs))
+        nodes.append(
+            helper.make_node(s.op, names, outs, name=s.name or f"{s.op.lower()}{i}", **s.attrs)
+        )
         act = out
     model = make_model(nodes, [(input_name, in_shape)], [(output_name, None)], weights, opset)
     inferred = shape_inference.infer_shapes(model, strict_mode=True)  # declare the output's shape

@@ -49,7 +49,11 @@ def compiled(model: str, out_root: str) -> tuple[onnx.ModelProto, TensorSpec, di
     result = compile_model(model, CompileOptions(out_dir=out), specs=[spec])
     exported = onnx.load(str(out / "model.onnx"))
     net_in = result.network.input
-    return exported, TensorSpec(net_in.name, net_in.shape, net_in.has_batch, net_in.batch_dim), result.report
+    return (
+        exported,
+        TensorSpec(net_in.name, net_in.shape, net_in.has_batch, net_in.batch_dim),
+        result.report,
+    )
 
 
 @pytest.fixture(scope="module")

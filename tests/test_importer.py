@@ -16,10 +16,21 @@ import numpy as np
 import onnx
 import pytest
 from conftest import make_model
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, shape_inference
-from onnx_builders import ACT, Step, chain, check_import, f32, i64, load_and_import, step
+from onnx.reference import ReferenceEvaluator
+from onnx_builders import (
+    ACT,
+    Step,
+    assert_close,
+    chain,
+    check_import,
+    f32,
+    i64,
+    load_and_import,
+    step,
+)
 
 from relugate.compiler.errors import UnsupportedModel
 from relugate.compiler.exporter import to_onnx
@@ -94,11 +105,21 @@ def test_matmul_vector_times_weight_without_batch(tmp_path, rng) -> None:
     assert kinds(net) == ["dense", "relu"]
 
 
-def test_matmul_weight_times_vector_test_small_benchmark(tmp_path, benchmarks) -> None:
-    path = benchmarks / "vnncomp2021_test" / "test_small.onnx"
-    model = onnx.load(str(path))
-    net = check_import(model, tmp_path, batched=False)
-    assert net.input.shape == (1,)
+@pytest.mark.benchmarks
+@pytest.mark.parametrize(
+    ("file", "batched"),
+    [
+        ("vnncomp2021_test/test_small.onnx", False),
+        ("vnncomp2021_test/test_nano.onnx", False),
+        ("acasxu/ACASXU_run2a_1_1_batch_2000.onnx", True),
+        ("mnistfc/mnist-net_256x2.onnx", True),
+        ("verivital/Convnet_maxpool.onnx", True),
+    ],
+)
+def test_benchmark_models(tmp_path, benchmarks, file, batched) -> None:
+    """The public VNN-COMP models (IR 3 weights-as-inputs, W @ x on 1-d inputs, opset 8/9)."""
+    model = onnx.load(str(benchmarks / file))
+    check_import(model, tmp_path, batched=batched)
 
 
 # -- Conv ------------------------------------------------------------------
@@ -125,6 +146,19 @@ def test_conv_2d(tmp_path, rng, attrs, kernel) -> None:
     assert kinds(net) == ["conv", "relu"]
 
 
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_conv_same_with_dilations(tmp_path, rng, auto_pad) -> None:
+    """onnxruntime refuses SAME with dilations; ONNX's reference evaluator is the oracle."""
+    attrs = {"auto_pad": auto_pad, "dilations": [2, 3], "strides": [2, 1]}
+    model = chain([1, 2, 9, 8], [step("Conv", ACT, f32(rng, 3, 2, 3, 2), f32(rng, 3), **attrs)])
+    _, net = load_and_import(model, tmp_path / "m.onnx")
+    x = f32(rng, 1, 2, 9, 8)
+    (expected,) = ReferenceEvaluator(model).run(None, {"x": x})
+    assert_close(expected, net.forward(x, np.float32), "SAME conv with dilations")
+    # H: total pad 4 splits 2+2; W: total pad 3 puts the odd one at the end (UPPER) or start
+    assert net.layers[0].pads == ((2, 1, 2, 2) if auto_pad == "SAME_UPPER" else (2, 2, 2, 1))
+
+
 @pytest.mark.parametrize("group", [2, 6])
 def test_conv_grouped_and_depthwise(tmp_path, rng, group) -> None:
     w = f32(rng, 6 if group == 2 else 12, 6 // group, 3, 3)
@@ -137,7 +171,12 @@ def test_conv_grouped_and_depthwise(tmp_path, rng, group) -> None:
 
 @pytest.mark.parametrize(
     "attrs",
-    [{}, {"pads": [2, 1], "strides": [2]}, {"dilations": [3]}, {"auto_pad": "SAME_LOWER", "strides": [2]}],
+    [
+        {},
+        {"pads": [2, 1], "strides": [2]},
+        {"dilations": [3]},
+        {"auto_pad": "SAME_LOWER", "strides": [2]},
+    ],
     ids=str,
 )
 def test_conv_1d(tmp_path, rng, attrs) -> None:
@@ -288,7 +327,10 @@ def test_normalization_matches_formula(tmp_path, rng) -> None:
 
 
 # -- layout ----------------------------------------------------------------
-@pytest.mark.parametrize(("axis", "sample", "batched"), [(1, (60,), True), (0, (60,), True), (2, (3, 20), False), (-1, (12, 5), False)])
+@pytest.mark.parametrize(
+    ("axis", "sample", "batched"),
+    [(1, (60,), True), (0, (60,), True), (2, (3, 20), False), (-1, (12, 5), False)],
+)
 def test_flatten(tmp_path, axis, sample, batched) -> None:
     model = chain([1, 3, 4, 5], [step("Flatten", axis=axis), step("Relu")])
     net = check_import(model, tmp_path, batched=batched)
@@ -542,6 +584,7 @@ def mlp_or_cnn(draw: st.DrawFn) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     steps: list[Step] = []
     if draw(st.booleans()):  # CNN front
+        event("cnn")
         channels = draw(st.integers(1, 3))
         size = draw(st.integers(5, 9))
         in_shape: list[int | str] = [draw(st.sampled_from([1, "N"])), channels, size, size]
@@ -551,14 +594,22 @@ def mlp_or_cnn(draw: st.DrawFn) -> onnx.ModelProto:
             stride = draw(st.integers(1, 2))
             pad = draw(st.integers(0, k - 1))
             steps += [
-                step("Conv", ACT, f32(rng, cout, channels, k, k), f32(rng, cout),
-                     strides=[stride] * 2, pads=[pad] * 4),
+                step(
+                    "Conv",
+                    ACT,
+                    f32(rng, cout, channels, k, k, scale=(channels * k * k) ** -0.5),
+                    f32(rng, cout, scale=0.1),
+                    strides=[stride] * 2,
+                    pads=[pad] * 4,
+                ),
                 step("Relu"),
             ]
             size = (size + 2 * pad - k) // stride + 1
             channels = cout
         if size >= 2 and draw(st.booleans()):
-            steps.append(step("MaxPool", kernel_shape=[2, 2], strides=[draw(st.integers(1, 2))] * 2))
+            steps.append(
+                step("MaxPool", kernel_shape=[2, 2], strides=[draw(st.integers(1, 2))] * 2)
+            )
             size = (size - 2) // steps[-1].attrs["strides"][0] + 1
         steps.append(step("Flatten"))
         width = channels * size * size
@@ -568,19 +619,19 @@ def mlp_or_cnn(draw: st.DrawFn) -> onnx.ModelProto:
     for _ in range(draw(st.integers(1, 3))):
         n_out = draw(st.integers(1, 10))
         if draw(st.booleans()):
-            steps.append(step("Gemm", ACT, f32(rng, n_out, width), f32(rng, n_out), transB=1))
+            w, b = f32(rng, n_out, width, scale=width**-0.5), f32(rng, n_out, scale=0.1)
+            steps.append(step("Gemm", ACT, w, b, transB=1))
         else:
-            steps += [step("MatMul", ACT, f32(rng, width, n_out)), step("Add", ACT, f32(rng, n_out))]
+            steps += [
+                step("MatMul", ACT, f32(rng, width, n_out, scale=width**-0.5)),
+                step("Add", ACT, f32(rng, n_out, scale=0.1)),
+            ]
         steps.append(step("Relu"))
         width = n_out
     return chain(in_shape, steps)
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=mlp_or_cnn())
 def test_random_networks_match_onnxruntime(model) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -636,7 +687,11 @@ def test_refuses_ceil_mode_that_changes_the_shape(tmp_path) -> None:
 def test_refuses_batchnorm_in_training_mode(tmp_path, rng) -> None:
     model = chain(
         [1, 3, 2, 2],
-        [Step("BatchNormalization", (ACT, *bn_inputs(rng, 3)), {"training_mode": 1}, "bn_train", 3)],
+        [
+            Step(
+                "BatchNormalization", (ACT, *bn_inputs(rng, 3)), {"training_mode": 1}, "bn_train", 3
+            )
+        ],
     )
     err = refusal(model, tmp_path)
     assert_names(err, ("bn_train", "BatchNormalization"))
@@ -651,7 +706,10 @@ def test_refuses_dropout_in_training_mode(tmp_path) -> None:
 
 
 def test_refuses_cast_to_double(tmp_path) -> None:
-    steps = [step("Cast", name="to_double", to=TensorProto.DOUBLE), step("Cast", to=TensorProto.FLOAT)]
+    steps = [
+        step("Cast", name="to_double", to=TensorProto.DOUBLE),
+        step("Cast", to=TensorProto.FLOAT),
+    ]
     assert_names(refusal(chain([1, 3], steps), tmp_path), ("to_double", "Cast"))
 
 
@@ -769,3 +827,34 @@ def test_symbolic_batch_lost_inside_the_network(tmp_path, steps) -> None:
     assert net.input.batch_dim == "N"
     dims = to_onnx(net).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == list(net.input.shape)
+
+
+@pytest.mark.parametrize("in_shape", [[1, 3, 4, 5], [1, 4, 2, 2]], ids=["3x20", "4x4"])
+def test_batchnorm_after_the_batch_axis_is_gone(tmp_path, rng, in_shape) -> None:
+    """BatchNormalization's channel axis is axis 1 of the tensor, batch axis or not."""
+    channels = in_shape[2] * in_shape[3]
+    steps = [step("Flatten", axis=2), step("BatchNormalization", ACT, *bn_inputs(rng, channels))]
+    net = check_import(chain(in_shape, steps), tmp_path, batched=False)
+    assert kinds(net) == ["reshape", "scale"]
+
+
+def test_refuses_global_average_pool_without_batch_axis(tmp_path) -> None:
+    steps = [step("Reshape", ACT, i64(2, 3, 4)), step("GlobalAveragePool", name="gap")]
+    assert_names(refusal(chain([1, 24], steps), tmp_path), ("gap", "GlobalAveragePool"))
+
+
+def test_constant_nodes_feed_weights_and_shapes(tmp_path, rng) -> None:
+    """torch.onnx often emits ``Constant`` nodes instead of initializers."""
+    w = f32(rng, 4, 6)
+    nodes = [
+        helper.make_node("Constant", [], ["target"], name="c_shape", value_ints=[1, -1]),
+        helper.make_node("Reshape", ["x", "target"], ["flat"], name="view"),
+        helper.make_node(
+            "Constant", [], ["W"], name="c_weight", value=onnx.numpy_helper.from_array(w)
+        ),
+        helper.make_node("Gemm", ["flat", "W"], ["y"], name="fc", transB=1),
+    ]
+    model = make_model(nodes, [("x", [1, 2, 3])], [("y", [1, 4])])
+    net = check_import(model, tmp_path, batched=True)
+    assert kinds(net) == ["reshape", "dense"]
+    np.testing.assert_array_equal(net.layers[1].weight, w)

@@ -35,11 +35,15 @@ def rand(*shape: int) -> np.ndarray:
 
 
 def net_of(in_shape: tuple[int, ...], layers: list[Layer]) -> Network:
-    probe = Network(TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *in_shape), True), ())
+    probe = Network(
+        TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *in_shape), True), ()
+    )
     out_shape = probe.with_layers([]).shapes()[0]
     for layer in layers:
         out_shape = layer.out_shape(out_shape)
-    return Network(TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *out_shape), True), tuple(layers))
+    return Network(
+        TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *out_shape), True), tuple(layers)
+    )
 
 
 def kinds(net: Network) -> list[str]:
@@ -69,7 +73,11 @@ def unit_box(net: Network) -> Box:
 def nhwc_head() -> Network:
     return net_of(
         (4, 3, 2),
-        [Transpose("t", perm=(2, 0, 1)), Reshape("f", shape=(24,)), Dense("d", weight=rand(5, 24), bias=rand(5))],
+        [
+            Transpose("t", perm=(2, 0, 1)),
+            Reshape("f", shape=(24,)),
+            Dense("d", weight=rand(5, 24), bias=rand(5)),
+        ],
     )
 
 
@@ -101,7 +109,9 @@ def test_fold_layout_collapses_reshape_chains_and_transposes() -> None:
     )
     after = FoldLayout().run(net, PassContext()).network
     assert kinds(after) == ["reshape", "relu", "reshape", "relu"]
-    t = net_of((2, 3, 4), [Transpose("t1", perm=(1, 2, 0)), Transpose("t2", perm=(2, 0, 1)), Relu("r")])
+    t = net_of(
+        (2, 3, 4), [Transpose("t1", perm=(1, 2, 0)), Transpose("t2", perm=(2, 0, 1)), Relu("r")]
+    )
     folded = FoldLayout().run(t, PassContext()).network
     assert kinds(folded) == ["transpose", "relu"]
     assert_equivalent(t, folded, unit_box(t), samples=200)
@@ -109,7 +119,20 @@ def test_fold_layout_collapses_reshape_chains_and_transposes() -> None:
 
 def test_fold_layout_negative_keeps_needed_layout() -> None:
     """A Transpose feeding a Conv (not a Dense) is a real layout change: kept."""
-    net = net_of((5, 5, 2), [Transpose("t", perm=(2, 0, 1)), Conv("c", weight=rand(3, 2, 2, 2), bias=rand(3), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1))])
+    net = net_of(
+        (5, 5, 2),
+        [
+            Transpose("t", perm=(2, 0, 1)),
+            Conv(
+                "c",
+                weight=rand(3, 2, 2, 2),
+                bias=rand(3),
+                strides=(1, 1),
+                pads=(0, 0, 0, 0),
+                dilations=(1, 1),
+            ),
+        ],
+    )
     result = FoldLayout().run(net, PassContext())
     assert not result.changed
     assert kinds(result.network) == ["transpose", "conv"]
@@ -152,7 +175,15 @@ def conv_net(pads: tuple[int, ...], scale_before: Scale) -> Network:
         (2, 6, 6),
         [
             scale_before,
-            Conv("c", weight=rand(4, 1, 3, 3), bias=rand(4), strides=(1, 1), pads=pads, dilations=(1, 1), group=2),
+            Conv(
+                "c",
+                weight=rand(4, 1, 3, 3),
+                bias=rand(4),
+                strides=(1, 1),
+                pads=pads,
+                dilations=(1, 1),
+                group=2,
+            ),
             Scale("bn", mul=rand(4, 1, 1), add=rand(4, 1, 1)),
             Relu("r"),
         ],
@@ -179,7 +210,10 @@ def test_fold_scale_negative_refuses_inexact_folds() -> None:
 
 # -- merge_affine ----------------------------------------------------------
 def test_merge_affine_golden_numeric_soundness() -> None:
-    net = net_of((8,), [Dense("a", weight=rand(4, 8), bias=rand(4)), Dense("b", weight=rand(3, 4), bias=rand(3))])
+    net = net_of(
+        (8,),
+        [Dense("a", weight=rand(4, 8), bias=rand(4)), Dense("b", weight=rand(3, 4), bias=rand(3))],
+    )
     result = MergeAffine().run(net, PassContext())
     assert kinds(result.network) == ["dense"]
     assert result.network.param_count() < net.param_count()
@@ -189,7 +223,10 @@ def test_merge_affine_golden_numeric_soundness() -> None:
 
 def test_merge_affine_negative_keeps_bottleneck() -> None:
     """8 -> 2 -> 8 has 42 params; merged 8 -> 8 would have 72: not merged."""
-    net = net_of((8,), [Dense("a", weight=rand(2, 8), bias=rand(2)), Dense("b", weight=rand(8, 2), bias=rand(8))])
+    net = net_of(
+        (8,),
+        [Dense("a", weight=rand(2, 8), bias=rand(2)), Dense("b", weight=rand(8, 2), bias=rand(8))],
+    )
     result = MergeAffine().run(net, PassContext())
     assert not result.changed and kinds(result.network) == ["dense", "dense"]
 
@@ -220,15 +257,23 @@ def exported_style_model(tmp_path: Path) -> Path:
     w = {
         "mean": np.array([0.5, 0.4, 0.3], np.float32),
         "std": np.array([0.2, 0.25, 0.3], np.float32),
-        "W": rand(4, 3, 3, 3) / np.float32(np.sqrt(27)), "B": rand(4),
-        "g": np.abs(rand(4)) + 0.5, "beta": rand(4), "m": rand(4), "v": np.abs(rand(4)) + 0.5,
-        "shape": np.array([0, -1], np.int64), "D": rand(36, 5) / np.float32(6), "Db": rand(5),
+        "W": rand(4, 3, 3, 3) / np.float32(np.sqrt(27)),
+        "B": rand(4),
+        "g": np.abs(rand(4)) + 0.5,
+        "beta": rand(4),
+        "m": rand(4),
+        "v": np.abs(rand(4)) + 0.5,
+        "shape": np.array([0, -1], np.int64),
+        "D": rand(36, 5) / np.float32(6),
+        "Db": rand(5),
     }
     nodes = [
         helper.make_node("Sub", ["x", "mean"], ["s"], name="sub"),
         helper.make_node("Div", ["s", "std"], ["n"], name="div"),
         helper.make_node("Transpose", ["n"], ["t"], name="to_nchw", perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["t", "W", "B"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["t", "W", "B"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("BatchNormalization", ["c", "g", "beta", "m", "v"], ["bn"], name="bn"),
         helper.make_node("Relu", ["bn"], ["r"], name="relu"),
         helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
@@ -250,7 +295,15 @@ def test_pipeline_normalizes_exported_style_model(tmp_path: Path) -> None:
     result = Pipeline(default_passes(), [verifier]).run(net, PassContext(domain=box))
     # The input transpose is needed (it feeds a conv); normalization, BatchNorm, the output
     # transpose and the bias Add are folded away.
-    assert kinds(result.network) == ["scale", "transpose", "conv", "relu", "maxpool", "reshape", "dense"]
+    assert kinds(result.network) == [
+        "scale",
+        "transpose",
+        "conv",
+        "relu",
+        "maxpool",
+        "reshape",
+        "dense",
+    ]
     # the normalization Scale stays: it shifts, and the conv pads with zeros
     assert set(verifier.max_error) <= {"fold_layout", "fold_scale", "merge_affine", "drop_identity"}
     exported = to_onnx(result.network)
@@ -286,12 +339,21 @@ def test_dump_ir_writes_every_step(tmp_path: Path) -> None:
     Pipeline(default_passes(), [dump]).run(normalized_mlp(), PassContext())
     names = sorted(p.name for p in (tmp_path / "ir").iterdir())
     assert names == [
-        "00_import.onnx", "01_fold_layout.onnx", "02_fold_scale.onnx",
-        "03_merge_affine.onnx", "04_drop_identity.onnx",
+        "00_import.onnx",
+        "01_fold_layout.onnx",
+        "02_fold_scale.onnx",
+        "03_merge_affine.onnx",
+        "04_drop_identity.onnx",
     ]
 
 
 def test_pipeline_leaves_maxpool_and_relu_count() -> None:
-    net = net_of((1, 4, 4), [Relu("r"), MaxPool("p", kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1))])
+    net = net_of(
+        (1, 4, 4),
+        [
+            Relu("r"),
+            MaxPool("p", kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1)),
+        ],
+    )
     result = Pipeline(default_passes()).run(net, PassContext())
     assert result.network.relu_count() == 16 and not any(s.changed for s in result.steps)
