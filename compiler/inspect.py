@@ -14,11 +14,15 @@ from relugate.compiler.frontend import graph_inputs, load_model
 from relugate.compiler.importer import import_network
 
 
-def _value_shape(vi: onnx.ValueInfoProto) -> list[int | str]:
-    return [
+def _value_shape(vi: onnx.ValueInfoProto, batch_dim: int | str) -> list[int | str]:
+    """The shape as the file spells it: the loader pinned a symbolic batch axis to 1."""
+    dims: list[int | str] = [
         d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
         for d in vi.type.tensor_type.shape.dim
     ]
+    if len(dims) >= 2 and dims[0] == 1:
+        dims[0] = batch_dim
+    return dims
 
 
 def inspect_model(path: str | Path) -> dict[str, Any]:
@@ -35,9 +39,12 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
         "opset": loaded.original_opset,
         "notes": list(loaded.notes),
         "inputs": [
-            {"name": vi.name, "shape": _value_shape(vi)} for vi in graph_inputs(loaded.model)
+            {"name": vi.name, "shape": _value_shape(vi, loaded.batch_dim)}
+            for vi in graph_inputs(loaded.model)
         ],
-        "outputs": [{"name": vi.name, "shape": _value_shape(vi)} for vi in graph.output],
+        "outputs": [
+            {"name": vi.name, "shape": _value_shape(vi, loaded.batch_dim)} for vi in graph.output
+        ],
         "ops": dict(Counter(node.op_type for node in graph.node)),
         "nodes": len(graph.node),
         "onnx_params": int(sum(np.prod(init.dims, dtype=np.int64) for init in graph.initializer)),

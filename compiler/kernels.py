@@ -59,16 +59,17 @@ def _kernel_tap(offset: tuple[int, ...]) -> tuple[Any, ...]:
     return (slice(None), slice(None), slice(None), *offset)
 
 
-def _out_shape(
-    x_shape: Sequence[int],
+def window_output_shape(
+    spatial: Sequence[int],
     kernel: Sequence[int],
     strides: Sequence[int],
     pads: Sequence[int],
     dilations: Sequence[int],
 ) -> tuple[int, ...]:
+    """Floor-mode output size of a window sliding over ``spatial``; pads are ``[begin, end]``."""
     rank = len(kernel)
     return tuple(
-        output_size(x_shape[2 + i], kernel[i], strides[i], pads[i] + pads[i + rank], dilations[i])
+        output_size(spatial[i], kernel[i], strides[i], pads[i] + pads[i + rank], dilations[i])
         for i in range(rank)
     )
 
@@ -84,7 +85,7 @@ def conv_forward(
 ) -> np.ndarray:
     """ONNX ``Conv`` (NCHW / NCL) with explicit pads ``[begin..., end...]``."""
     kernel = weight.shape[2:]
-    out = _out_shape(x.shape, kernel, strides, pads, dilations)
+    out = window_output_shape(x.shape[2:], kernel, strides, pads, dilations)
     xp = _pad(x, pads, 0.0)
     batch, cin = x.shape[:2]
     cout = weight.shape[0]
@@ -138,7 +139,7 @@ def maxpool_forward(
     dilations: Sequence[int],
 ) -> np.ndarray:
     """ONNX ``MaxPool`` (floor mode) with explicit pads; padding never wins."""
-    out = _out_shape(x.shape, kernel, strides, pads, dilations)
+    out = window_output_shape(x.shape[2:], kernel, strides, pads, dilations)
     xp = _pad(x, pads, -np.inf)
     y = np.full(x.shape[:2] + out, -np.inf, dtype=x.dtype)
     for off in _offsets(kernel):

@@ -138,15 +138,8 @@ class Conv(Layer):
         cin = self.weight.shape[1] * self.group
         if len(in_shape) != rank + 1 or in_shape[0] != cin:
             raise ValueError(f"conv {self.name} expects {cin} channels x {rank}-d, got {in_shape}")
-        spatial = tuple(
-            kernels.output_size(
-                in_shape[1 + i],
-                self.kernel[i],
-                self.strides[i],
-                self.pads[i] + self.pads[i + rank],
-                self.dilations[i],
-            )
-            for i in range(rank)
+        spatial = kernels.window_output_shape(
+            in_shape[1:], self.kernel, self.strides, self.pads, self.dilations
         )
         if min(spatial) < 1:
             raise ValueError(f"conv {self.name}: output would be empty for input {in_shape}")
@@ -205,15 +198,8 @@ class MaxPool(Layer):
         rank = len(self.kernel)
         if len(in_shape) != rank + 1:
             raise ValueError(f"maxpool {self.name} expects a {rank}-d map, got {in_shape}")
-        spatial = tuple(
-            kernels.output_size(
-                in_shape[1 + i],
-                self.kernel[i],
-                self.strides[i],
-                self.pads[i] + self.pads[i + rank],
-                self.dilations[i],
-            )
-            for i in range(rank)
+        spatial = kernels.window_output_shape(
+            in_shape[1:], self.kernel, self.strides, self.pads, self.dilations
         )
         return (in_shape[0], *spatial)
 
