@@ -43,3 +43,7 @@ example: $(VENV)/.core
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+## bench: run the benchmarks; JSON and Markdown results land in benchmarks/results/
+bench: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.frontend
