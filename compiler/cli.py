@@ -207,6 +207,45 @@ def run(
 
 
 @app.command()
+def verify(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    spec: Annotated[
+        list[Path], typer.Option("--spec", help="VNN-LIB property; repeat for several.")
+    ],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds before answering unknown.", min=0.0)
+    ] = 60.0,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON to this file.")
+    ] = None,
+    vnncomp: Annotated[
+        Path | None,
+        typer.Option("--vnncomp", help="Write a VNN-COMP result file (sat/unsat/timeout)."),
+    ] = None,
+) -> None:
+    """Decide whether MODEL satisfies the properties: holds, violated (with a checked
+    counterexample) or unknown. Exit code 0 for any verdict."""
+    from relugate.compiler.verify import verify_model
+
+    with _guard(), _progress() as progress:
+        progress.add_task("verifying", total=None)
+        result = verify_model(model, spec, timeout=timeout)
+    with _guard():
+        if json_file is not None:
+            json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        if vnncomp is not None:
+            vnncomp.write_text(result.vnncomp())
+    colour = {"holds": "green", "violated": "red", "unknown": "yellow"}[result.verdict]
+    out.print(
+        f"[bold {colour}]{result.verdict}[/] (method: {result.method}, {result.seconds:.2f} s)",
+        highlight=False,
+    )
+    if result.counterexample is not None:
+        out.print(f"counterexample input: {result.counterexample['input']}", highlight=False)
+        out.print(f"output (onnxruntime): {result.counterexample['output']}", highlight=False)
+
+
+@app.command()
 def example(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the example files.")],
 ) -> None:

@@ -1,0 +1,223 @@
+"""``verify_model``: decide whether a model satisfies its VNN-LIB properties.
+
+Cheap methods first, for every unsafe polytope of every case:
+1. sampling: corners, center and uniform samples of each box;
+2. crown: one symbolic bound over the whole box;
+3. pgd: gradient search for an unsafe output, on what crown did not prove;
+4. search: input splitting (branch and bound) when the input has few
+   dimensions, until the deadline.
+A counterexample is reported only after onnxruntime, running the original
+file on the float32 input, confirms that the output is unsafe.  The network
+analysed is the imported one, before any rewrite, with float32 rounding
+margins, so "holds" is a claim about the file as deployed in float32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relugate.compiler.compile import load_properties
+from relugate.compiler.domain import Box
+from relugate.compiler.frontend import LoadedModel, load_model
+from relugate.compiler.importer import import_network
+from relugate.compiler.network import Network
+from relugate.compiler.onnx_run import run_batch
+from relugate.compiler.spec import Case, Polytope, Property
+from relugate.passes.analysis.attack import pgd_unsafe, sample_unsafe
+from relugate.passes.analysis.bab import input_split, refuted
+from relugate.passes.analysis.steps import Step, steps_of
+
+INPUT_SPLIT_MAX_DIM = 16
+"""Input splitting is used up to this many input dimensions."""
+
+
+@dataclass
+class Goal:
+    """One unsafe polytope of one case: the unit of work."""
+
+    prop: int
+    case: Case
+    poly: Polytope
+    status: str = "open"
+    method: str = ""
+    seconds: float = 0.0
+    boxes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "property": self.prop,
+            "status": self.status,
+            "method": self.method,
+            "seconds": round(self.seconds, 4),
+            "boxes": self.boxes,
+        }
+
+
+@dataclass
+class VerifyResult:
+    verdict: str  # "holds", "violated", "unknown"
+    method: str
+    seconds: float
+    counterexample: dict[str, list[float]] | None = None
+    goals: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "verdict": self.verdict,
+            "method": self.method,
+            "seconds": round(self.seconds, 4),
+            "goals": self.goals,
+        }
+        if self.counterexample is not None:
+            data["counterexample"] = self.counterexample
+        return data
+
+    def vnncomp(self) -> str:
+        """The VNN-COMP result file: sat/unsat/timeout, and the witness for sat."""
+        word = {"holds": "unsat", "violated": "sat", "unknown": "timeout"}[self.verdict]
+        if self.counterexample is None:
+            return word + "\n"
+        xs = [f"(X_{i} {v!r})" for i, v in enumerate(self.counterexample["input"])]
+        ys = [f"(Y_{i} {v!r})" for i, v in enumerate(self.counterexample["output"])]
+        return word + "\n(" + "\n ".join(xs + ys) + ")\n"
+
+
+def float32_inside(x: np.ndarray, box: Box) -> np.ndarray:
+    """``x`` as float32 values that lie inside the box (rounding can step outside)."""
+    x32 = np.clip(x, box.lo, box.hi).astype(np.float32)
+    low = x32.astype(np.float64) < box.lo
+    x32[low] = np.nextafter(x32[low], np.float32(np.inf))
+    high = x32.astype(np.float64) > box.hi
+    x32[high] = np.nextafter(x32[high], np.float32(-np.inf))
+    return x32
+
+
+@dataclass
+class Checker:
+    """Confirms candidates by running the original file in onnxruntime."""
+
+    loaded: LoadedModel
+    net: Network
+    found: dict[str, list[float]] | None = None
+
+    def confirm(self, x: np.ndarray, case: Case, poly: Polytope) -> bool:
+        x32 = float32_inside(x, case.box)
+        if not case.box.contains(x32.astype(np.float64))[0]:
+            return False
+        y = run_batch(str(self.loaded.path), self.net.input, x32[None])[0].astype(np.float64)
+        if not poly.contains(y[None])[0]:
+            return False
+        self.found = {"input": x32.astype(float).tolist(), "output": y.tolist()}
+        return True
+
+
+def _goals(props: Sequence[Property]) -> list[Goal]:
+    return [
+        Goal(i, case, poly)
+        for i, prop in enumerate(props)
+        for case in prop.cases
+        for poly in case.unsafe
+    ]
+
+
+def _sample(
+    goals: list[Goal], net: Network, checker: Checker, rng: np.random.Generator
+) -> Goal | None:
+    """Uniform samples of each case's box, checked against all of its polytopes at once."""
+    by_case: dict[int, list[Goal]] = {}
+    for goal in goals:
+        by_case.setdefault(id(goal.case), []).append(goal)
+    for group in by_case.values():
+        case = group[0].case
+        for goal, x in zip(
+            group, sample_unsafe(net, case.box, [g.poly for g in group], rng), strict=True
+        ):
+            if x is not None and checker.confirm(x, case, goal.poly):
+                goal.status, goal.method = "violated", "sampling"
+                return goal
+    return None
+
+
+def _attack(goal: Goal, net: Network, checker: Checker, rng: np.random.Generator) -> bool:
+    start = time.monotonic()
+    x = pgd_unsafe(net, goal.case.box, goal.poly, rng)
+    goal.seconds += time.monotonic() - start
+    if x is not None and checker.confirm(x, goal.case, goal.poly):
+        goal.status, goal.method = "violated", "pgd"
+        return True
+    return False
+
+
+def _bound(goal: Goal, steps: Sequence[Step]) -> None:
+    start = time.monotonic()
+    safe, _, _ = refuted(steps, goal.case.box.lo[None], goal.case.box.hi[None], goal.poly)
+    goal.seconds += time.monotonic() - start
+    if safe[0]:
+        goal.status, goal.method = "holds", "crown"
+
+
+def _search(
+    goal: Goal, net: Network, steps: Sequence[Step], checker: Checker, deadline: float
+) -> None:
+    if goal.case.box.dim > INPUT_SPLIT_MAX_DIM:
+        return
+    result = input_split(
+        net,
+        steps,
+        goal.case.box,
+        goal.poly,
+        lambda x: checker.confirm(x, goal.case, goal.poly),
+        deadline,
+    )
+    goal.seconds += result.seconds
+    goal.boxes += result.boxes
+    if result.status != "unknown":
+        goal.status, goal.method = result.status, "input-split"
+
+
+def verify_model(
+    model: str | Path, specs: Sequence[str | Path], timeout: float = 60.0, seed: int = 0
+) -> VerifyResult:
+    started = time.monotonic()
+    deadline = started + timeout
+    loaded = load_model(model)
+    net = import_network(loaded)
+    props = load_properties([Path(s) for s in specs], net)
+    steps = steps_of(net)
+    checker = Checker(loaded, net)
+    rng = np.random.default_rng(seed)
+    goals = _goals(props)
+    hit = _sample(goals, net, checker, rng)
+    if hit is not None:
+        return _result(goals, "violated", hit.method, started, checker)
+    for goal in goals:
+        _bound(goal, steps)
+    for goal in [g for g in goals if g.status == "open"]:
+        if _attack(goal, net, checker, rng):
+            return _result(goals, "violated", goal.method, started, checker)
+    for goal in [g for g in goals if g.status == "open"]:
+        _search(goal, net, steps, checker, deadline)
+        if goal.status == "violated":
+            return _result(goals, "violated", goal.method, started, checker)
+    if all(g.status == "holds" for g in goals):
+        methods = sorted({g.method for g in goals})
+        return _result(goals, "holds", "+".join(methods), started, checker)
+    return _result(goals, "unknown", "timeout", started, checker)
+
+
+def _result(
+    goals: list[Goal], verdict: str, method: str, started: float, checker: Checker
+) -> VerifyResult:
+    return VerifyResult(
+        verdict,
+        method,
+        time.monotonic() - started,
+        checker.found if verdict == "violated" else None,
+        [g.to_json() for g in goals],
+    )

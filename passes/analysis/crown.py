@@ -1,0 +1,179 @@
+"""Symbolic back-substitution bounds (CROWN / DeepPoly), batched over boxes.
+
+For a target layer, linear bounds ``A x + c`` on its values are carried back
+through every step to the input box, where they are concretized.  A ReLU with
+input in ``[l, u]`` (``l < 0 < u``) is relaxed by the chord above and by
+``alpha * x`` below (``alpha`` is 1 when ``u > -l``, else 0, unless the caller
+passes its own slopes).  Each affine step adds its float32 rounding margin as
+a bounded perturbation (see ``steps``), so the bounds hold for the deployed
+float32 network.  A max-pool step stops the walk: bounds are concretized on
+its output interval.  Every bound is intersected with interval propagation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from relugate.passes.analysis.bounds import Bounds, as_batch
+from relugate.passes.analysis.interval import step_interval
+from relugate.passes.analysis.steps import U64, Affine, MaxPoolStep, ReluStep, Step, float32_box
+
+MAX_ELEMENTS = 4e7
+"""Back-substitution for a layer is skipped (interval bounds used) above this many
+coefficients (boxes x rows x width), to bound memory."""
+
+
+@dataclass
+class Linear:
+    """Lower (or upper) linear bounds ``A x + c`` on some rows, per box: A (B, m, n), c (B, m)."""
+
+    A: np.ndarray
+    c: np.ndarray
+    mag: np.ndarray  # magnitude of what was summed into c, for the float64 slack
+
+
+def relu_relaxation(
+    lo: np.ndarray, hi: np.ndarray, alpha: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slopes of the lower and upper linear bounds and the upper intercept of ReLU on [lo, hi]."""
+    active = lo >= 0
+    unstable = (lo < 0) & (hi > 0)
+    denom = np.where(unstable, hi - lo, 1.0)
+    up_slope = np.where(active, 1.0, np.where(unstable, hi / denom, 0.0))
+    up_icpt = np.where(unstable, -up_slope * lo, 0.0)
+    default = (hi > -lo).astype(np.float64)
+    lo_slope = np.where(active, 1.0, np.where(unstable, default if alpha is None else alpha, 0.0))
+    return lo_slope, up_slope, up_icpt
+
+
+def _through_affine(lin: Linear, step: Affine, x_abs: np.ndarray, sign: float) -> Linear:
+    bias = step.bias()
+    margin = step.margin(x_abs)
+    a_abs = np.abs(lin.A)
+    c = lin.c + lin.A @ bias + sign * np.einsum("bmn,bn->bm", a_abs, margin)
+    mag = lin.mag + a_abs @ np.abs(bias) + np.einsum("bmn,bn->bm", a_abs, margin)
+    return Linear(step.apply_transpose(lin.A), c, mag)
+
+
+def _through_relu(
+    lin: Linear, lo: np.ndarray, hi: np.ndarray, alpha: np.ndarray | None, lower: bool
+) -> Linear:
+    lo_slope, up_slope, up_icpt = relu_relaxation(lo, hi, alpha)
+    pos, neg = np.maximum(lin.A, 0), np.minimum(lin.A, 0)
+    if lower:  # lower bound: positive coefficients take the lower line, negative the upper
+        A = pos * lo_slope[:, None, :] + neg * up_slope[:, None, :]
+        extra = np.einsum("bmn,bn->bm", neg, up_icpt)
+    else:
+        A = pos * up_slope[:, None, :] + neg * lo_slope[:, None, :]
+        extra = np.einsum("bmn,bn->bm", pos, up_icpt)
+    return Linear(A, lin.c + extra, lin.mag + np.abs(extra))
+
+
+def _concretize(lin: Linear, lo: np.ndarray, hi: np.ndarray, lower: bool) -> np.ndarray:
+    pos, neg = np.maximum(lin.A, 0), np.minimum(lin.A, 0)
+    if lower:
+        value = np.einsum("bmn,bn->bm", pos, lo) + np.einsum("bmn,bn->bm", neg, hi)
+    else:
+        value = np.einsum("bmn,bn->bm", pos, hi) + np.einsum("bmn,bn->bm", neg, lo)
+    x_abs = np.maximum(np.abs(lo), np.abs(hi))
+    slack = (
+        4 * (lin.A.shape[-1] + 8) * U64 * (np.einsum("bmn,bn->bm", np.abs(lin.A), x_abs) + lin.mag)
+    )
+    bound = value + lin.c
+    return bound - slack if lower else bound + slack
+
+
+def backsubstitute(
+    steps: Sequence[Step],
+    end: int,
+    C: np.ndarray,
+    bounds: Bounds,
+    lower: bool,
+    alphas: dict[int, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bound ``C @ v`` where ``v`` is the input of step ``end``; C is (B, m, n_end).
+
+    Returns the bound (B, m) and the coefficients at the level where the walk
+    stopped (the input, or a max-pool output), for split heuristics.
+    """
+    B, m, _ = C.shape
+    lin = Linear(C.astype(np.float64), np.zeros((B, m)), np.zeros((B, m)))
+    sign = -1.0 if lower else 1.0
+    for j in range(end - 1, -1, -1):
+        step = steps[j]
+        lo, hi = bounds.lo[j], bounds.hi[j]
+        if isinstance(step, Affine):
+            lin = _through_affine(lin, step, np.maximum(np.abs(lo), np.abs(hi)), sign)
+        elif isinstance(step, ReluStep):
+            alpha = None if alphas is None else alphas.get(j)
+            lin = _through_relu(lin, lo, hi, alpha, lower)
+        elif isinstance(step, MaxPoolStep):
+            out_lo, out_hi = bounds.lo[j + 1], bounds.hi[j + 1]
+            # lin is expressed on the max-pool output: concretize there
+            return _concretize(lin, out_lo, out_hi, lower), lin.A
+    return _concretize(lin, bounds.lo[0], bounds.hi[0], lower), lin.A
+
+
+def _wants_symbolic(steps: Sequence[Step], k: int) -> bool:
+    """Tight bounds pay off on a ReLU's or max-pool's input, and on the final output."""
+    if k + 1 >= len(steps):
+        return True
+    return isinstance(steps[k + 1], ReluStep | MaxPoolStep)
+
+
+def _has_relaxation_before(steps: Sequence[Step], k: int) -> bool:
+    return any(isinstance(s, ReluStep) for s in steps[:k])
+
+
+def crown_bounds(
+    steps: Sequence[Step],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    alphas: dict[int, np.ndarray] | None = None,
+) -> Bounds:
+    """CROWN bounds on every step's input and the output, over boxes (B, n_in)."""
+    lo, hi = float32_box(*as_batch(lo, hi))
+    bounds = Bounds([lo], [hi], "crown")
+    for k, step in enumerate(steps):
+        i_lo, i_hi = step_interval(step, bounds.lo[k], bounds.hi[k])
+        bounds.lo.append(i_lo)
+        bounds.hi.append(i_hi)
+        if not (isinstance(step, Affine) and _wants_symbolic(steps, k)):
+            continue
+        if not _has_relaxation_before(steps, k):
+            continue  # a chain of affine steps on a box: intervals are already exact
+        B, n = i_lo.shape
+        if B * n * max(i_lo.shape[1], bounds.lo[0].shape[1]) > MAX_ELEMENTS:
+            continue
+        eye = np.broadcast_to(np.eye(n), (B, n, n))
+        s_lo, _ = backsubstitute(steps, k + 1, eye, bounds, lower=True, alphas=alphas)
+        s_hi, _ = backsubstitute(steps, k + 1, eye, bounds, lower=False, alphas=alphas)
+        bounds.lo[k + 1] = np.maximum(i_lo, s_lo)
+        bounds.hi[k + 1] = np.minimum(i_hi, s_hi)
+    return bounds
+
+
+def spec_lower_bounds(
+    steps: Sequence[Step],
+    bounds: Bounds,
+    C: np.ndarray,
+    alphas: dict[int, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower bounds of ``C @ y`` (C: (r, n_out) or (B, r, n_out)) on each box, and the
+    input-level coefficients (B, r, n_in) the bound used."""
+    C = np.asarray(C, dtype=np.float64)
+    if C.ndim == 2:
+        C = np.broadcast_to(C, (bounds.boxes, *C.shape))
+    lb, coeffs = backsubstitute(steps, len(steps), C, bounds, lower=True, alphas=alphas)
+    interval_lb = _interval_spec(C, *bounds.output())
+    return np.maximum(lb, interval_lb), coeffs
+
+
+def _interval_spec(C: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    pos, neg = np.maximum(C, 0), np.minimum(C, 0)
+    value = np.einsum("brn,bn->br", pos, lo) + np.einsum("brn,bn->br", neg, hi)
+    mag = np.einsum("brn,bn->br", np.abs(C), np.maximum(np.abs(lo), np.abs(hi)))
+    return value - 4 * (C.shape[-1] + 2) * U64 * mag

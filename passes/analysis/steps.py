@@ -1,0 +1,183 @@
+"""The analysis view of a ``Network``: a chain of steps on flat vectors.
+
+Every canonical layer becomes one step acting on the flattened (C-order)
+sample: ``Affine`` (Dense, Conv, Transpose, Scale: ``y = W x + b`` given as a
+linear operator), ``ReluStep`` and ``MaxPoolStep``.  Reshape disappears
+(it is the identity on flat vectors).
+
+Float32 soundness.  The deployed network runs in float32, so each affine step
+may land anywhere within ``margin(|x|max)`` of the exact ``W x + b``: the
+classic bound for a dot product of ``n`` terms evaluated in any order,
+``|fl(w.x + b) - (w.x + b)| <= gamma_{n+2} (|w|.|x| + |b|)`` with
+``gamma_k = k u / (1 - k u)`` and ``u = 2^-24``; the two extra terms cover the
+bias add and the rounding of folded weights.  Analyses treat that as a
+bounded perturbation added to every affine output.  ReLU and max are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from relugate.compiler import kernels
+from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape, Scale, Transpose
+from relugate.compiler.network import Network
+
+U32 = 2.0**-24
+"""Unit roundoff of float32."""
+U64 = 2.0**-53
+
+
+def gamma(n: int) -> float:
+    return n * U32 / (1 - n * U32)
+
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """``y = W x + b`` on flat vectors, ``W`` given as an operator."""
+
+    layer: Layer
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+    @property
+    def n_in(self) -> int:
+        return prod(self.in_shape)
+
+    @property
+    def n_out(self) -> int:
+        return prod(self.out_shape)
+
+    # -- the operator -----------------------------------------------------
+    def bias(self) -> np.ndarray:
+        lay = self.layer
+        if isinstance(lay, Dense):
+            return lay.bias.astype(np.float64)
+        if isinstance(lay, Conv):
+            return np.repeat(lay.bias.astype(np.float64), self.n_out // lay.bias.size)
+        if isinstance(lay, Scale):
+            return np.broadcast_to(lay.add, self.out_shape).astype(np.float64).reshape(-1)
+        return np.zeros(self.n_out)
+
+    def apply(self, x: np.ndarray, absolute: bool = False) -> np.ndarray:
+        """``W x`` (or ``|W| x``) for rows ``x`` of shape ``(..., n_in)``; no bias."""
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.n_in)
+        lay = self.layer
+        if isinstance(lay, Dense):
+            w = lay.weight.astype(np.float64)
+            y = flat @ (np.abs(w) if absolute else w).T
+        elif isinstance(lay, Conv):
+            w = lay.weight.astype(np.float64)
+            y = kernels.conv_forward(
+                flat.reshape(-1, *self.in_shape),
+                np.abs(w) if absolute else w,
+                np.zeros(w.shape[0]),
+                lay.strides,
+                lay.pads,
+                lay.dilations,
+                lay.group,
+            )
+        elif isinstance(lay, Scale):
+            m = np.broadcast_to(lay.mul, self.in_shape).astype(np.float64).reshape(-1)
+            y = flat * (np.abs(m) if absolute else m)
+        elif isinstance(lay, Transpose):
+            y = lay.forward(flat.reshape(-1, *self.in_shape))
+        else:
+            raise TypeError(f"{type(lay).__name__} is not affine")
+        return y.reshape(*lead, self.n_out)
+
+    def apply_transpose(self, a: np.ndarray) -> np.ndarray:
+        """``a W`` for rows ``a`` of shape ``(..., n_out)``: back-substitution."""
+        lead = a.shape[:-1]
+        flat = a.reshape(-1, self.n_out)
+        lay = self.layer
+        if isinstance(lay, Dense):
+            y = flat @ lay.weight.astype(np.float64)
+        elif isinstance(lay, Conv):
+            y = kernels.conv_backward(
+                flat.reshape(-1, *self.out_shape),
+                (len(flat), *self.in_shape),
+                lay.weight.astype(np.float64),
+                lay.strides,
+                lay.pads,
+                lay.dilations,
+                lay.group,
+            )
+        elif isinstance(lay, Scale):
+            m = np.broadcast_to(lay.mul, self.in_shape).astype(np.float64).reshape(-1)
+            y = flat * m
+        elif isinstance(lay, Transpose):
+            y = lay.backward(
+                np.empty((len(flat), *self.in_shape)), flat.reshape(-1, *self.out_shape)
+            )
+        else:
+            raise TypeError(f"{type(lay).__name__} is not affine")
+        return y.reshape(*lead, self.n_in)
+
+    def terms(self) -> int:
+        """Products summed per output (for the rounding bound)."""
+        lay = self.layer
+        if isinstance(lay, Dense):
+            return lay.n_in
+        if isinstance(lay, Conv):
+            return int(prod(lay.weight.shape[1:]))
+        return 1
+
+    def margin(self, x_abs: np.ndarray) -> np.ndarray:
+        """Largest float32 rounding error of each output, given ``|x| <= x_abs`` (rows)."""
+        if isinstance(self.layer, Transpose):
+            return np.zeros((*x_abs.shape[:-1], self.n_out))
+        magnitude = self.apply(x_abs, absolute=True) + np.abs(self.bias())
+        # gamma for float32, plus float64 slack for the analysis' own arithmetic
+        return (gamma(self.terms() + 2) + 4 * self.terms() * U64) * magnitude * (1 + 1e-6)
+
+
+@dataclass(frozen=True, eq=False)
+class ReluStep:
+    layer: Relu
+    n: int
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPoolStep:
+    layer: MaxPool
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        lead = x.shape[:-1]
+        y = self.layer.forward(x.reshape(-1, *self.in_shape))
+        return y.reshape(*lead, prod(self.out_shape))
+
+
+Step = Affine | ReluStep | MaxPoolStep
+
+
+def steps_of(net: Network) -> list[Step]:
+    """The flat analysis chain of ``net`` (Reshape layers vanish)."""
+    shapes = net.shapes()
+    steps: list[Step] = []
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, Reshape):
+            continue
+        if isinstance(layer, Relu):
+            steps.append(ReluStep(layer, prod(shapes[i])))
+        elif isinstance(layer, MaxPool):
+            steps.append(MaxPoolStep(layer, shapes[i], shapes[i + 1]))
+        elif isinstance(layer, Dense | Conv | Scale | Transpose):
+            steps.append(Affine(layer, shapes[i], shapes[i + 1]))
+        else:
+            raise TypeError(f"no analysis step for layer {layer.name!r} ({layer.kind})")
+    return steps
+
+
+def float32_box(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box widened to float32 values: inputs are rounded to float32 before the model."""
+    lo32 = lo.astype(np.float32)
+    hi32 = hi.astype(np.float32)
+    lo32 = np.where(lo32.astype(np.float64) > lo, np.nextafter(lo32, np.float32(-np.inf)), lo32)
+    hi32 = np.where(hi32.astype(np.float64) < hi, np.nextafter(hi32, np.float32(np.inf)), hi32)
+    return lo32.astype(np.float64), hi32.astype(np.float64)
