@@ -30,7 +30,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from relugate import __version__
 from relugate.compiler import inspect as inspect_mod
 from relugate.compiler.errors import INTERNAL_ERROR_EXIT, RelugateError
-from relugate.compiler.tables import compile_tables, inspect_tables, pass_table
+from relugate.compiler.tables import compile_tables, inspect_tables, pass_table, stability_table
 
 app = typer.Typer(
     add_completion=False,
@@ -243,6 +243,40 @@ def verify(
     if result.counterexample is not None:
         out.print(f"counterexample input: {result.counterexample['input']}", highlight=False)
         out.print(f"output (onnxruntime): {result.counterexample['output']}", highlight=False)
+
+
+@app.command()
+def stability(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    spec: Annotated[
+        list[Path] | None, typer.Option("--spec", help="VNN-LIB property giving the domain.")
+    ] = None,
+    input_box: Annotated[
+        list[str] | None, typer.Option("--input-box", help="Input interval 'lo,hi' (see compile).")
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="interval or crown.")] = "crown",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per ReLU layer, how many neurons the analysis proves always active or inactive."""
+    from relugate.compiler.compile import load_properties, resolve_domain
+    from relugate.compiler.errors import BadSpec
+    from relugate.compiler.frontend import load_model
+    from relugate.compiler.importer import import_network
+    from relugate.passes.analysis.stability import ANALYSES, stability_report
+
+    with _guard():
+        if method not in ANALYSES:
+            raise BadSpec(f"--method must be one of {sorted(ANALYSES)}, not {method!r}")
+        net = import_network(load_model(model))
+        props = load_properties(spec or [], net)
+        domain = resolve_domain(props, input_box or [], net)
+        if domain is None:
+            raise BadSpec("stability needs a domain: give --spec or --input-box")
+        rows = [layer.to_json() for layer in stability_report(net, domain, method)]
+    if as_json:
+        out.print_json(json.dumps(rows))
+    else:
+        out.print(stability_table(rows, method))
 
 
 @app.command()

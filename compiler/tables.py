@@ -69,3 +69,18 @@ def pass_table(steps: list[dict[str, Any]]) -> Table:
             f"{step['params_before']:,} -> {step['params_after']:,}",
         )
     return table
+
+
+def stability_table(rows: list[dict[str, Any]], method: str) -> Table:
+    table = Table(title=f"ReLU stability ({method})")
+    for col in ("layer", "ReLUs", "always active", "always inactive", "unstable"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for row in rows:
+        table.add_row(
+            escape(row["layer"]),
+            str(row["total"]),
+            str(row["active"]),
+            str(row["inactive"]),
+            str(row["unstable"]),
+        )
+    return table

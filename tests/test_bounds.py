@@ -20,8 +20,9 @@ from relugate.compiler.exporter import to_onnx
 from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape, Scale, Transpose
 from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_run import run_batch
+from relugate.passes.analysis.alpha import bound_and_gradient, optimized_spec_bounds
 from relugate.passes.analysis.bounds import Bounds
-from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
+from relugate.passes.analysis.crown import backsubstitute, crown_bounds, spec_lower_bounds
 from relugate.passes.analysis.interval import interval_bounds
 from relugate.passes.analysis.pgd import pgd_maximize
 from relugate.passes.analysis.steps import ReluStep, float32_box, steps_of
@@ -208,3 +209,55 @@ def test_crown_encloses_acas_on_property_boxes(benchmarks) -> None:  # type: ign
             [box.corners_and_center(), box.sample(20000, rng), output_extremes(net, box, rng)]
         )
         assert_encloses(crown, step_values(net, x))
+
+
+@settings(max_examples=20, deadline=None)
+@given(random_nets())
+def test_alpha_bounds_are_sound_and_no_looser_than_crown(case: tuple[Network, Box]) -> None:
+    net, box = case
+    rng = np.random.default_rng(2)
+    steps = steps_of(net)
+    bounds = crown_bounds(steps, box.lo, box.hi)
+    C = rng.normal(0, 1, (2, net.output.size))
+    crown_lb, _ = spec_lower_bounds(steps, bounds, C)
+    alpha_lb, _ = optimized_spec_bounds(steps, bounds, C, iterations=15)
+    x = np.concatenate([box.corners_and_center(), box.sample(3000, rng)])
+    y = net.forward(x.astype(np.float32), np.float32).reshape(len(x), -1).astype(np.float64)
+    assert np.all(y @ C.T >= alpha_lb[0])
+    # the first iterate is CROWN's own choice of slopes (before intersecting with intervals)
+    unclipped, _ = backsubstitute(
+        steps, len(steps), np.broadcast_to(C, (1, *C.shape)), bounds, True
+    )
+    assert np.all(alpha_lb >= unclipped - 1e-9 * (1 + np.abs(unclipped)))
+    assert crown_lb.shape == alpha_lb.shape
+
+
+def test_alpha_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(5)
+    layers: list[Layer] = []
+    for i in range(3):
+        layers += [
+            Dense(f"d{i}", weight=rng.normal(0, 0.5, (6, 6)), bias=rng.normal(0, 0.2, 6)),
+            Relu(f"r{i}"),
+        ]
+    net = network((6,), [*layers, Dense("o", weight=rng.normal(0, 0.5, (2, 6)), bias=np.zeros(2))])
+    box = Box(-np.ones(6), np.ones(6))
+    steps = steps_of(net)
+    bounds = crown_bounds(steps, box.lo, box.hi)
+    C = np.broadcast_to(rng.normal(0, 1, (2, 2)), (1, 2, 2))
+    alphas = {
+        k: np.full((1, 2, steps[k].n), 0.4) for k, s in enumerate(steps) if isinstance(s, ReluStep)
+    }
+    value, grads, _ = bound_and_gradient(steps, bounds, C, alphas)
+    checked = 0
+    for k in alphas:
+        unstable = np.flatnonzero((bounds.lo[k][0] < 0) & (bounds.hi[k][0] > 0))
+        for n in unstable[:3]:
+            bumped = {j: a.copy() for j, a in alphas.items()}
+            bumped[k][0, :, n] += 1e-6
+            moved, _, _ = bound_and_gradient(steps, bounds, C, bumped)
+            np.testing.assert_allclose(
+                (moved - value)[0] / 1e-6, grads[k][0, :, n], rtol=1e-3, atol=1e-6
+            )
+            checked += 1
+    assert checked > 0

@@ -18,6 +18,7 @@ import numpy as np
 from relugate.compiler.domain import Box
 from relugate.compiler.network import Network
 from relugate.compiler.spec import Polytope
+from relugate.passes.analysis.alpha import optimized_spec_bounds
 from relugate.passes.analysis.attack import unsafe_margin
 from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
 from relugate.passes.analysis.steps import Step
@@ -34,15 +35,24 @@ class SearchResult:
 
 
 def refuted(
-    steps: Sequence[Step], lo: np.ndarray, hi: np.ndarray, poly: Polytope
+    steps: Sequence[Step], lo: np.ndarray, hi: np.ndarray, poly: Polytope, alpha_iterations: int = 8
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per box: proved safe?, the best row's slack (lb - b), and that row's input coefficients."""
+    """Per box: proved safe?, the best row's slack (lb - b), and that row's input coefficients.
+
+    CROWN first; the boxes it leaves open get optimized lower slopes (alpha)."""
     bounds = crown_bounds(steps, lo, hi)
     lb, coeffs = spec_lower_bounds(steps, bounds, poly.A)
     slack = lb - poly.b
+    proved = (slack > 0).any(axis=1)
+    if alpha_iterations and not proved.all():
+        better, _ = optimized_spec_bounds(
+            steps, bounds.select(~proved), poly.A, iterations=alpha_iterations
+        )
+        proved[~proved] = ((better - poly.b) > 0).any(axis=1)
+    # splitting follows plain CROWN's coefficients: alpha's (tried) send the search astray
     best = slack.argmax(axis=1)
     rows = np.arange(len(lo))
-    return (slack > 0).any(axis=1), slack[rows, best], coeffs[rows, best]
+    return proved, slack[rows, best], coeffs[rows, best]
 
 
 def split(lo: np.ndarray, hi: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

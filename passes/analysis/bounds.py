@@ -26,6 +26,10 @@ class Bounds:
     def width(self, k: int) -> np.ndarray:
         return self.hi[k] - self.lo[k]
 
+    def select(self, boxes: np.ndarray) -> Bounds:
+        """The bounds of some of the boxes (a boolean mask or indices)."""
+        return Bounds([lo[boxes] for lo in self.lo], [hi[boxes] for hi in self.hi], self.method)
+
 
 def as_batch(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo = np.atleast_2d(np.asarray(lo, dtype=np.float64))
