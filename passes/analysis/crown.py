@@ -49,41 +49,37 @@ def relu_relaxation(
     return lo_slope, up_slope, up_icpt
 
 
-def _through_affine(lin: Linear, step: Affine, x_abs: np.ndarray, sign: float) -> Linear:
+def _through_affine(lin: Linear, step: Affine, x_abs: np.ndarray, sign: np.ndarray) -> Linear:
+    """``sign`` per row: -1 for rows bounded from below, +1 for rows bounded from above."""
     bias = step.bias()
-    margin = step.margin(x_abs)
-    a_abs = np.abs(lin.A)
-    c = lin.c + lin.A @ bias + sign * np.einsum("bmn,bn->bm", a_abs, margin)
-    mag = lin.mag + a_abs @ np.abs(bias) + np.einsum("bmn,bn->bm", a_abs, margin)
+    spread = np.einsum("bmn,bn->bm", np.abs(lin.A), step.margin(x_abs))
+    c = lin.c + lin.A @ bias + sign * spread
+    mag = lin.mag + np.abs(lin.A) @ np.abs(bias) + spread
     return Linear(step.apply_transpose(lin.A), c, mag)
 
 
 def _through_relu(
-    lin: Linear, lo: np.ndarray, hi: np.ndarray, alpha: np.ndarray | None, lower: bool
+    lin: Linear, lo: np.ndarray, hi: np.ndarray, alpha: np.ndarray | None, lower: np.ndarray
 ) -> Linear:
+    """A lower-bound row takes the lower line where its coefficient is positive and the
+    upper line where it is negative; an upper-bound row the other way round."""
     lo_slope, up_slope, up_icpt = relu_relaxation(lo, hi, alpha)
-    pos, neg = np.maximum(lin.A, 0), np.minimum(lin.A, 0)
-    if lower:  # lower bound: positive coefficients take the lower line, negative the upper
-        A = pos * lo_slope[:, None, :] + neg * up_slope[:, None, :]
-        extra = np.einsum("bmn,bn->bm", neg, up_icpt)
-    else:
-        A = pos * up_slope[:, None, :] + neg * lo_slope[:, None, :]
-        extra = np.einsum("bmn,bn->bm", pos, up_icpt)
+    takes_lower = (lin.A > 0) == lower[None, :, None]
+    A = lin.A * np.where(takes_lower, lo_slope[:, None, :], up_slope[:, None, :])
+    extra = np.einsum("bmn,bn->bm", np.where(takes_lower, 0.0, lin.A), up_icpt)
     return Linear(A, lin.c + extra, lin.mag + np.abs(extra))
 
 
-def _concretize(lin: Linear, lo: np.ndarray, hi: np.ndarray, lower: bool) -> np.ndarray:
-    pos, neg = np.maximum(lin.A, 0), np.minimum(lin.A, 0)
-    if lower:
-        value = np.einsum("bmn,bn->bm", pos, lo) + np.einsum("bmn,bn->bm", neg, hi)
-    else:
-        value = np.einsum("bmn,bn->bm", pos, hi) + np.einsum("bmn,bn->bm", neg, lo)
+def _concretize(lin: Linear, lo: np.ndarray, hi: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    takes_lo = (lin.A > 0) == lower[None, :, None]
+    value = np.einsum("bmn,bn->bm", np.where(takes_lo, lin.A, 0.0), lo) + np.einsum(
+        "bmn,bn->bm", np.where(takes_lo, 0.0, lin.A), hi
+    )
     x_abs = np.maximum(np.abs(lo), np.abs(hi))
     slack = (
         4 * (lin.A.shape[-1] + 8) * U64 * (np.einsum("bmn,bn->bm", np.abs(lin.A), x_abs) + lin.mag)
     )
-    bound = value + lin.c
-    return bound - slack if lower else bound + slack
+    return value + lin.c + np.where(lower, -slack, slack)
 
 
 def backsubstitute(
@@ -91,17 +87,20 @@ def backsubstitute(
     end: int,
     C: np.ndarray,
     bounds: Bounds,
-    lower: bool,
+    lower: bool | np.ndarray,
     alphas: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bound ``C @ v`` where ``v`` is the input of step ``end``; C is (B, m, n_end).
 
-    Returns the bound (B, m) and the coefficients at the level where the walk
-    stopped (the input, or a max-pool output), for split heuristics.
+    ``lower`` (one flag, or one per row) says which rows get lower bounds; the
+    others get upper bounds.  Returns the bounds (B, m) and the coefficients at
+    the level where the walk stopped (the input, or a max-pool output), for
+    split heuristics.
     """
     B, m, _ = C.shape
+    rows_lower = np.broadcast_to(np.asarray(lower, dtype=bool), (m,))
+    sign = np.where(rows_lower, -1.0, 1.0)
     lin = Linear(C.astype(np.float64), np.zeros((B, m)), np.zeros((B, m)))
-    sign = -1.0 if lower else 1.0
     for j in range(end - 1, -1, -1):
         step = steps[j]
         lo, hi = bounds.lo[j], bounds.hi[j]
@@ -109,12 +108,12 @@ def backsubstitute(
             lin = _through_affine(lin, step, np.maximum(np.abs(lo), np.abs(hi)), sign)
         elif isinstance(step, ReluStep):
             alpha = None if alphas is None else alphas.get(j)
-            lin = _through_relu(lin, lo, hi, alpha, lower)
+            lin = _through_relu(lin, lo, hi, alpha, rows_lower)
         elif isinstance(step, MaxPoolStep):
             out_lo, out_hi = bounds.lo[j + 1], bounds.hi[j + 1]
             # lin is expressed on the max-pool output: concretize there
-            return _concretize(lin, out_lo, out_hi, lower), lin.A
-    return _concretize(lin, bounds.lo[0], bounds.hi[0], lower), lin.A
+            return _concretize(lin, out_lo, out_hi, rows_lower), lin.A
+    return _concretize(lin, bounds.lo[0], bounds.hi[0], rows_lower), lin.A
 
 
 def _wants_symbolic(steps: Sequence[Step], k: int) -> bool:
@@ -122,6 +121,16 @@ def _wants_symbolic(steps: Sequence[Step], k: int) -> bool:
     if k + 1 >= len(steps):
         return True
     return isinstance(steps[k + 1], ReluStep | MaxPoolStep)
+
+
+def _rows_worth_tightening(
+    steps: Sequence[Step], k: int, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """Neurons whose bounds matter: before a ReLU, those intervals leave unstable in some
+    box (a stable ReLU's relaxation is exact whatever its bounds); otherwise all."""
+    if k + 1 < len(steps) and isinstance(steps[k + 1], ReluStep):
+        return np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))
+    return np.arange(lo.shape[1])
 
 
 def _has_relaxation_before(steps: Sequence[Step], k: int) -> bool:
@@ -145,14 +154,16 @@ def crown_bounds(
             continue
         if not _has_relaxation_before(steps, k):
             continue  # a chain of affine steps on a box: intervals are already exact
+        rows = _rows_worth_tightening(steps, k, i_lo, i_hi)
         B, n = i_lo.shape
-        if B * n * max(i_lo.shape[1], bounds.lo[0].shape[1]) > MAX_ELEMENTS:
+        if not rows.size or B * 2 * rows.size * max(n, bounds.lo[0].shape[1]) > MAX_ELEMENTS:
             continue
-        eye = np.broadcast_to(np.eye(n), (B, n, n))
-        s_lo, _ = backsubstitute(steps, k + 1, eye, bounds, lower=True, alphas=alphas)
-        s_hi, _ = backsubstitute(steps, k + 1, eye, bounds, lower=False, alphas=alphas)
-        bounds.lo[k + 1] = np.maximum(i_lo, s_lo)
-        bounds.hi[k + 1] = np.minimum(i_hi, s_hi)
+        pick = np.eye(n)[rows]
+        C = np.broadcast_to(np.concatenate([pick, pick]), (B, 2 * rows.size, n))
+        side = np.arange(2 * rows.size) < rows.size
+        both, _ = backsubstitute(steps, k + 1, C, bounds, lower=side, alphas=alphas)
+        bounds.lo[k + 1][:, rows] = np.maximum(i_lo[:, rows], both[:, : rows.size])
+        bounds.hi[k + 1][:, rows] = np.minimum(i_hi[:, rows], both[:, rows.size :])
     return bounds
 
 
