@@ -144,9 +144,11 @@ def _sample(
     return None
 
 
-def _attack(goal: Goal, net: Network, checker: Checker, rng: np.random.Generator) -> bool:
+def _attack(
+    goal: Goal, net: Network, checker: Checker, rng: np.random.Generator, deadline: float
+) -> bool:
     start = time.monotonic()
-    x = pgd_unsafe(net, goal.case.box, goal.poly, rng)
+    x = pgd_unsafe(net, goal.case.box, goal.poly, rng, deadline=deadline)
     goal.seconds += time.monotonic() - start
     if x is not None and checker.confirm(x, goal.case, goal.poly):
         goal.status, goal.method = "violated", "pgd"
@@ -197,9 +199,10 @@ def verify_model(
     if hit is not None:
         return _result(goals, "violated", hit.method, started, checker)
     for goal in goals:
-        _bound(goal, steps)
+        if time.monotonic() < deadline:
+            _bound(goal, steps)
     for goal in [g for g in goals if g.status == "open"]:
-        if _attack(goal, net, checker, rng):
+        if time.monotonic() < deadline and _attack(goal, net, checker, rng, deadline):
             return _result(goals, "violated", goal.method, started, checker)
     for goal in [g for g in goals if g.status == "open"]:
         _search(goal, net, steps, checker, deadline)

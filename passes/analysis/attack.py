@@ -58,9 +58,11 @@ def pgd_unsafe(
     rng: np.random.Generator,
     starts: int = 10,
     steps: int = 60,
+    deadline: float | None = None,
 ) -> np.ndarray | None:
     """An input PGD finds in ``box`` whose float32 output lies in ``poly``, or None."""
-    found = pgd_maximize(margin_objective(net, poly), box, rng, starts=starts, steps=steps)
+    objective = margin_objective(net, poly)
+    found = pgd_maximize(objective, box, rng, starts=starts, steps=steps, deadline=deadline)
     y = net.forward(found.x[None].astype(np.float32), np.float32).reshape(1, -1)
     if unsafe_margin(y.astype(np.float64), poly)[0] <= 0:
         return found.x

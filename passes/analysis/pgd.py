@@ -9,6 +9,7 @@ exact methods.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,12 +35,16 @@ def pgd_maximize(
     starts: int = 20,
     steps: int = 100,
     step_fraction: float = 0.05,
+    deadline: float | None = None,
 ) -> Ascent:
     """Sign-gradient ascent from ``starts`` random points (plus the center), projected
-    onto ``box``; the step shrinks linearly from ``step_fraction`` of the box width."""
+    onto ``box``; the step shrinks linearly from ``step_fraction`` of the box width.
+    Stops early at ``deadline`` (a ``time.monotonic()`` value)."""
     x = np.concatenate([box.center[None], box.sample(starts, rng)])
     best_x, best_v = x.copy(), objective(x)[0]
     for t in range(steps):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         value, grad = objective(x)
         better = value > best_v
         best_x[better], best_v[better] = x[better], value[better]
