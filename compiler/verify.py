@@ -4,8 +4,13 @@ Cheap methods first, for every unsafe polytope of every case:
 1. sampling: corners, center and uniform samples of each box;
 2. crown: one symbolic bound over the whole box;
 3. pgd: gradient search for an unsafe output, on what crown did not prove;
-4. search: input splitting (branch and bound) when the input has few
-   dimensions, until the deadline.
+4. search, until the deadline: input splitting (branch and bound) when the
+   input has few dimensions; otherwise one MILP per case over its open unsafe
+   polytopes (HiGHS,
+   big-M over CROWN bounds with the float32 margins as bounded slack).  A
+   MILP "infeasible" is exact only up to the solver's tolerances, which the
+   unsafe set is enlarged to cover (see ``milp``); its method is reported as
+   ``milp`` so users can tell.
 A counterexample is reported only after onnxruntime, running the original
 file on the float32 input, confirms that the output is unsafe.  The network
 analysed is the imported one, before any rewrite, with float32 rounding
@@ -31,6 +36,8 @@ from relugate.compiler.onnx_run import run_batch
 from relugate.compiler.spec import Case, Polytope, Property
 from relugate.passes.analysis.attack import pgd_unsafe, sample_unsafe
 from relugate.passes.analysis.bab import input_split, refuted
+from relugate.passes.analysis.crown import crown_bounds
+from relugate.passes.analysis.milp import milp_find_any
 from relugate.passes.analysis.steps import Step, steps_of
 
 INPUT_SPLIT_MAX_DIM = 16
@@ -164,11 +171,38 @@ def _bound(goal: Goal, steps: Sequence[Step]) -> None:
         goal.status, goal.method = "holds", "crown"
 
 
+def _milp(goals: list[Goal], steps: Sequence[Step], checker: Checker, deadline: float) -> None:
+    """One MILP (HiGHS) over a case's box for all its open polytopes at once (a
+    disjunction), for inputs too wide to split."""
+    case = goals[0].case
+    bounds = crown_bounds(steps, case.box.lo[None], case.box.hi[None])
+    budget = deadline - time.monotonic()
+    if budget <= 1:
+        return
+    result = milp_find_any(steps, bounds, [(g.poly.A, g.poly.b) for g in goals], time_limit=budget)
+    for goal in goals:
+        goal.seconds += result.seconds / len(goals)
+    if result.status == "infeasible":
+        for goal in goals:
+            goal.status, goal.method = "holds", "milp"
+    elif result.x is not None and result.polytope is not None:
+        hit = goals[result.polytope]
+        if checker.confirm(result.x, case, hit.poly):
+            hit.status, hit.method = "violated", "milp"
+
+
+def _open_wide_cases(goals: list[Goal]) -> list[list[Goal]]:
+    """Open goals on boxes too wide to split, grouped by case."""
+    groups: dict[int, list[Goal]] = {}
+    for goal in goals:
+        if goal.status == "open" and goal.case.box.dim > INPUT_SPLIT_MAX_DIM:
+            groups.setdefault(id(goal.case), []).append(goal)
+    return list(groups.values())
+
+
 def _search(
     goal: Goal, net: Network, steps: Sequence[Step], checker: Checker, deadline: float
 ) -> None:
-    if goal.case.box.dim > INPUT_SPLIT_MAX_DIM:
-        return
     result = input_split(
         net,
         steps,
@@ -204,10 +238,14 @@ def verify_model(
     for goal in [g for g in goals if g.status == "open"]:
         if time.monotonic() < deadline and _attack(goal, net, checker, rng, deadline):
             return _result(goals, "violated", goal.method, started, checker)
-    for goal in [g for g in goals if g.status == "open"]:
+    for goal in [g for g in goals if g.status == "open" and g.case.box.dim <= INPUT_SPLIT_MAX_DIM]:
         _search(goal, net, steps, checker, deadline)
         if goal.status == "violated":
             return _result(goals, "violated", goal.method, started, checker)
+    for group in _open_wide_cases(goals):
+        _milp(group, steps, checker, deadline)
+        if any(g.status == "violated" for g in group):
+            return _result(goals, "violated", "milp", started, checker)
     if all(g.status == "holds" for g in goals):
         methods = sorted({g.method for g in goals})
         return _result(goals, "holds", "+".join(methods), started, checker)
