@@ -12,6 +12,7 @@ import itertools
 
 import numpy as np
 import pytest
+from analysis_helpers import assert_encloses, step_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,6 @@ from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape,
 from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_run import run_batch
 from relugate.passes.analysis.alpha import bound_and_gradient, optimized_spec_bounds
-from relugate.passes.analysis.bounds import Bounds
 from relugate.passes.analysis.crown import backsubstitute, crown_bounds, spec_lower_bounds
 from relugate.passes.analysis.interval import interval_bounds
 from relugate.passes.analysis.pgd import pgd_maximize
@@ -35,24 +35,6 @@ def network(in_shape: tuple[int, ...], layers: list[Layer]) -> Network:
     return Network(
         TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *shape), True), tuple(layers)
     )
-
-
-def step_values(net: Network, x: np.ndarray) -> list[np.ndarray]:
-    """float32 values at every analysis step boundary (Reshape layers vanish)."""
-    h = x.astype(np.float32).reshape((len(x), *net.input.sample_shape))
-    values = [h.reshape(len(x), -1)]
-    for layer in net.layers:
-        h = layer.forward(h)
-        if not isinstance(layer, Reshape):
-            values.append(h.reshape(len(x), -1))
-    return values
-
-
-def assert_encloses(bounds: Bounds, values: list[np.ndarray]) -> None:
-    assert len(values) == len(bounds.lo)
-    for k, v in enumerate(values):
-        assert np.all(v >= bounds.lo[k][0]), f"lower bound broken at step {k}"
-        assert np.all(v <= bounds.hi[k][0]), f"upper bound broken at step {k}"
 
 
 def output_extremes(net: Network, box: Box, rng: np.random.Generator) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from analysis_helpers import assert_encloses, step_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import sparse
@@ -92,24 +93,6 @@ def samples(box: Box, n: int, seed: int = 0) -> np.ndarray:
     if box.dim <= 10:
         pts.append(np.array(list(itertools.product(*zip(box.lo, box.hi, strict=True)))))
     return np.concatenate(pts)
-
-
-def step_values(net: Network, x: np.ndarray, dtype: type = np.float32) -> list[np.ndarray]:
-    """Values at every analysis step boundary (Reshape layers vanish)."""
-    h = x.astype(dtype).reshape((len(x), *net.input.sample_shape))
-    values = [h.reshape(len(x), -1).astype(np.float64)]
-    for layer in net.layers:
-        h = layer.forward(h)
-        if not isinstance(layer, Reshape):
-            values.append(h.reshape(len(x), -1).astype(np.float64))
-    return values
-
-
-def assert_encloses(bounds: Bounds, values: list[np.ndarray]) -> None:
-    assert len(values) == len(bounds.lo)
-    for k, v in enumerate(values):
-        assert np.all(v >= bounds.lo[k][0]), f"lower bound broken at step {k}"
-        assert np.all(v <= bounds.hi[k][0]), f"upper bound broken at step {k}"
 
 
 def assert_not_looser(tight: Bounds, loose: Bounds) -> None:
