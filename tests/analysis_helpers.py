@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from relugate.compiler.layers import Reshape
-from relugate.compiler.network import Network
+from relugate.compiler.layers import Layer, Reshape
+from relugate.compiler.network import Network, TensorSpec
 from relugate.passes.analysis.bounds import Bounds
+
+
+def network(in_shape: tuple[int, ...], layers: list[Layer]) -> Network:
+    """A batched network on samples of ``in_shape``, its output shape derived from the layers."""
+    shape = in_shape
+    for layer in layers:
+        shape = layer.out_shape(shape)
+    return Network(
+        TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *shape), True), tuple(layers)
+    )
 
 
 def step_values(net: Network, x: np.ndarray, dtype: type = np.float32) -> list[np.ndarray]:

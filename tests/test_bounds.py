@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 import pytest
-from analysis_helpers import assert_encloses, step_values
+from analysis_helpers import assert_encloses, network, step_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,15 +26,6 @@ from relugate.passes.analysis.crown import backsubstitute, crown_bounds, spec_lo
 from relugate.passes.analysis.interval import interval_bounds
 from relugate.passes.analysis.pgd import pgd_maximize
 from relugate.passes.analysis.steps import ReluStep, float32_box, steps_of
-
-
-def network(in_shape: tuple[int, ...], layers: list[Layer]) -> Network:
-    shape = in_shape
-    for layer in layers:
-        shape = layer.out_shape(shape)
-    return Network(
-        TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *shape), True), tuple(layers)
-    )
 
 
 def output_extremes(net: Network, box: Box, rng: np.random.Generator) -> np.ndarray:

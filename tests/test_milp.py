@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from analysis_helpers import assert_encloses, step_values
+from analysis_helpers import assert_encloses, network, step_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import sparse
@@ -23,7 +23,7 @@ from relugate.compiler.domain import Box
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
 from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape, Scale
-from relugate.compiler.network import Network, TensorSpec
+from relugate.compiler.network import Network
 from relugate.compiler.spec import read_vnnlib
 from relugate.passes.analysis.bounds import Bounds
 from relugate.passes.analysis.crown import crown_bounds
@@ -41,15 +41,6 @@ from relugate.passes.analysis.milp import (
 from relugate.passes.analysis.steps import ReluStep, Step, steps_of
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def network(in_shape: tuple[int, ...], layers: list[Layer]) -> Network:
-    shape = in_shape
-    for layer in layers:
-        shape = layer.out_shape(shape)
-    return Network(
-        TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *shape), True), tuple(layers)
-    )
 
 
 def mlp(sizes: list[int], seed: int, scale: float = 1.0) -> Network:

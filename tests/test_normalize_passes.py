@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from analysis_helpers import network
 from conftest import make_model, save_model
 from onnx import helper
 
@@ -16,7 +17,7 @@ from relugate.compiler.exporter import to_onnx
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
 from relugate.compiler.instruments import DumpIR, VerifyEach
-from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape, Scale, Transpose
+from relugate.compiler.layers import Conv, Dense, MaxPool, Relu, Reshape, Scale, Transpose
 from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_run import TOLERANCE, mismatch, run_batch, run_network
 from relugate.compiler.pipeline import Pipeline, default_passes
@@ -32,18 +33,6 @@ RNG = np.random.default_rng(7)
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.normal(size=shape).astype(np.float32)
-
-
-def net_of(in_shape: tuple[int, ...], layers: list[Layer]) -> Network:
-    probe = Network(
-        TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *in_shape), True), ()
-    )
-    out_shape = probe.with_layers([]).shapes()[0]
-    for layer in layers:
-        out_shape = layer.out_shape(out_shape)
-    return Network(
-        TensorSpec("x", (1, *in_shape), True), TensorSpec("y", (1, *out_shape), True), tuple(layers)
-    )
 
 
 def kinds(net: Network) -> list[str]:
@@ -71,7 +60,7 @@ def unit_box(net: Network) -> Box:
 
 # -- fold_layout -----------------------------------------------------------
 def nhwc_head() -> Network:
-    return net_of(
+    return network(
         (4, 3, 2),
         [
             Transpose("t", perm=(2, 0, 1)),
@@ -97,7 +86,7 @@ def test_fold_layout_numeric_and_soundness() -> None:
 
 
 def test_fold_layout_collapses_reshape_chains_and_transposes() -> None:
-    net = net_of(
+    net = network(
         (2, 3, 4),
         [
             Reshape("a", shape=(6, 4)),
@@ -109,7 +98,7 @@ def test_fold_layout_collapses_reshape_chains_and_transposes() -> None:
     )
     after = FoldLayout().run(net, PassContext()).network
     assert kinds(after) == ["reshape", "relu", "reshape", "relu"]
-    t = net_of(
+    t = network(
         (2, 3, 4), [Transpose("t1", perm=(1, 2, 0)), Transpose("t2", perm=(2, 0, 1)), Relu("r")]
     )
     folded = FoldLayout().run(t, PassContext()).network
@@ -119,7 +108,7 @@ def test_fold_layout_collapses_reshape_chains_and_transposes() -> None:
 
 def test_fold_layout_negative_keeps_needed_layout() -> None:
     """A Transpose feeding a Conv (not a Dense) is a real layout change: kept."""
-    net = net_of(
+    net = network(
         (5, 5, 2),
         [
             Transpose("t", perm=(2, 0, 1)),
@@ -140,7 +129,7 @@ def test_fold_layout_negative_keeps_needed_layout() -> None:
 
 # -- fold_scale ------------------------------------------------------------
 def normalized_mlp() -> Network:
-    return net_of(
+    return network(
         (1, 4),
         [
             Scale("sub", mul=np.ones(()), add=-rand(1, 4)),
@@ -171,7 +160,7 @@ def test_fold_scale_numeric_and_soundness() -> None:
 
 
 def conv_net(pads: tuple[int, ...], scale_before: Scale) -> Network:
-    return net_of(
+    return network(
         (2, 6, 6),
         [
             scale_before,
@@ -210,7 +199,7 @@ def test_fold_scale_negative_refuses_inexact_folds() -> None:
 
 # -- merge_affine ----------------------------------------------------------
 def test_merge_affine_golden_numeric_soundness() -> None:
-    net = net_of(
+    net = network(
         (8,),
         [Dense("a", weight=rand(4, 8), bias=rand(4)), Dense("b", weight=rand(3, 4), bias=rand(3))],
     )
@@ -223,7 +212,7 @@ def test_merge_affine_golden_numeric_soundness() -> None:
 
 def test_merge_affine_negative_keeps_bottleneck() -> None:
     """8 -> 2 -> 8 has 42 params; merged 8 -> 8 would have 72: not merged."""
-    net = net_of(
+    net = network(
         (8,),
         [Dense("a", weight=rand(2, 8), bias=rand(2)), Dense("b", weight=rand(8, 2), bias=rand(8))],
     )
@@ -233,7 +222,7 @@ def test_merge_affine_negative_keeps_bottleneck() -> None:
 
 # -- drop_identity ---------------------------------------------------------
 def test_drop_identity_golden_and_negative() -> None:
-    net = net_of(
+    net = network(
         (2, 3),
         [
             Scale("one", mul=np.ones(()), add=np.zeros(())),
@@ -348,7 +337,7 @@ def test_dump_ir_writes_every_step(tmp_path: Path) -> None:
 
 
 def test_pipeline_leaves_maxpool_and_relu_count() -> None:
-    net = net_of(
+    net = network(
         (1, 4, 4),
         [
             Relu("r"),
