@@ -17,6 +17,7 @@ bounded perturbation added to every affine output.  ReLU and max are exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 
 import numpy as np
@@ -51,6 +52,16 @@ class Affine:
         return prod(self.out_shape)
 
     # -- the operator -----------------------------------------------------
+    @cached_property
+    def weight64(self) -> np.ndarray:
+        """Dense/Conv weights as float64, converted once (every bound pass reads them)."""
+        assert isinstance(self.layer, Dense | Conv)
+        return self.layer.weight.astype(np.float64)
+
+    @cached_property
+    def abs_weight64(self) -> np.ndarray:
+        return np.abs(self.weight64)
+
     def bias(self) -> np.ndarray:
         lay = self.layer
         if isinstance(lay, Dense):
@@ -66,14 +77,14 @@ class Affine:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.n_in)
         lay = self.layer
+        if isinstance(lay, Dense | Conv):
+            w = self.abs_weight64 if absolute else self.weight64
         if isinstance(lay, Dense):
-            w = lay.weight.astype(np.float64)
-            y = flat @ (np.abs(w) if absolute else w).T
+            y = flat @ w.T
         elif isinstance(lay, Conv):
-            w = lay.weight.astype(np.float64)
             y = kernels.conv_forward(
                 flat.reshape(-1, *self.in_shape),
-                np.abs(w) if absolute else w,
+                w,
                 np.zeros(w.shape[0]),
                 lay.strides,
                 lay.pads,
@@ -95,12 +106,12 @@ class Affine:
         flat = a.reshape(-1, self.n_out)
         lay = self.layer
         if isinstance(lay, Dense):
-            y = flat @ lay.weight.astype(np.float64)
+            y = flat @ self.weight64
         elif isinstance(lay, Conv):
             y = kernels.conv_backward(
                 flat.reshape(-1, *self.out_shape),
                 (len(flat), *self.in_shape),
-                lay.weight.astype(np.float64),
+                self.weight64,
                 lay.strides,
                 lay.pads,
                 lay.dilations,
