@@ -8,7 +8,12 @@ Read top to bottom, ``default_passes`` is the compiler:
                     the adjacent Dense/Conv, so each affine step is one layer;
 3. merge_affine  -- merge Dense layers with nothing between (after folding
                     there may be some), when that does not grow the model;
-4. drop_identity -- remove what the folds left computing the identity.
+4. drop_identity -- remove what the folds left computing the identity;
+5. stable_relu   -- on the input domain (none: skipped), delete ReLU units
+                    the bounds prove inactive, drop ReLU layers proved all
+                    active and fold the Dense pairs they separated; it comes
+                    last because it needs the plain Dense/Conv chain the
+                    passes above produce, and only it depends on the domain.
 
 Instruments (``--time-passes``, ``--dump-ir``, ``--verify-each``) are switched
 on around the pipeline; no pass knows about them.
@@ -28,10 +33,11 @@ from relugate.passes.drop_identity import DropIdentity
 from relugate.passes.fold_layout import FoldLayout
 from relugate.passes.fold_scale import FoldScale
 from relugate.passes.merge_affine import MergeAffine
+from relugate.passes.stable_relu import StableRelu
 
 
 def default_passes() -> list[Pass]:
-    return [FoldLayout(), FoldScale(), MergeAffine(), DropIdentity()]
+    return [FoldLayout(), FoldScale(), MergeAffine(), DropIdentity(), StableRelu()]
 
 
 @dataclass

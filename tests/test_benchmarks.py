@@ -43,10 +43,11 @@ def short(path: str) -> str:
 
 @cache
 def compiled(model: str, out_root: str) -> tuple[onnx.ModelProto, TensorSpec, dict]:
-    """Compile once per network (with its first spec) and keep the result."""
-    spec = next(s for m, s in instances() if m == model)
+    """Compile once per network, on the hull of its specs' boxes (stable_relu makes the
+    compiled model equivalent on the domain only), and keep the result."""
+    specs = [s for m, s in instances() if m == model]
     out = Path(out_root) / Path(model).stem
-    result = compile_model(model, CompileOptions(out_dir=out), specs=[spec])
+    result = compile_model(model, CompileOptions(out_dir=out), specs=specs)
     exported = onnx.load(str(out / "model.onnx"))
     net_in = result.network.input
     return (
@@ -66,7 +67,7 @@ def test_inspect_and_compile(model: str, out_root: str) -> None:
     info = inspect_model(model)
     assert info["supported"], info.get("reason")
     exported, _, report = compiled(model, out_root)
-    assert report["after"]["relus"] == info["stats"]["relus"]
+    assert report["after"]["relus"] <= info["stats"]["relus"]
     assert report["check"]["max_relative_error"] <= TOLERANCE
     for step in report["passes"]:
         assert {"relus_before", "relus_after", "params_before", "params_after"} <= step.keys()
