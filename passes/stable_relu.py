@@ -11,30 +11,30 @@ to HiGHS's tolerances, so not a proof) bounds every ReLU's input:
   in the layer after; a conv channel goes only when inactive at every position;
 - a ReLU layer whose remaining units are all active (lower bound >= 0) is
   dropped, and a Dense pair it separated is folded into one (``W2 W1``,
-  ``W2 b1 + b2``) when that grows neither parameters nor FLOPs.
+  ``W2 b1 + b2``) when that grows neither parameters nor FLOPs;
+- in a layer that keeps its ReLU, an active unit whose weight row is a linear
+  combination of other active units' rows is removed (``stable_relu_linear``).
 
 Rounds repeat (bounds recomputed on the reduced network) until nothing
-changes.  Not done: a partly active layer keeps its ReLU, because routing its
-active units around it needs a skip connection the layer chain cannot
-express; a conv layer whose ReLU is dropped is not folded into its neighbour.
+changes.  Not done: other active units of a partly active layer keep their
+ReLU (a linear path around it needs a skip connection, which the layer chain
+cannot express); a conv layer whose ReLU is dropped is not folded.
 
 Float32.  Bounds enclose float32 execution (see ``analysis.steps``).  Deleting
 an inactive unit removes a term ``w * (+-0)`` from each later sum, and dropping
 an all-active ReLU removes an identity, so every round's network computes in
 float32 what the original does, up to summation order (which the rounding
-margins cover) and the sign of a zero.  The final fold is exact in real
-arithmetic but changes float32 rounding: it is made when a worst-case bound
-keeps every output within the 1e-5 tolerance, or (``ctx.options["fold"]``
-``measured``, the default; ``proved``; ``none``) when the change measured on
-domain samples stays under a quarter of it; the certificate says which.
-Outside the domain nothing is claimed.
+margins cover) and the sign of a zero: every stability claim holds for the
+original's float32 execution.  The linear rewrites come after the last round;
+they are exact in real arithmetic and change float32 rounding only, within
+the tolerance (``ctx.options["fold"]``: ``measured``, the default, ``proved``
+or ``none``; see ``stable_relu_linear``).  Outside the domain nothing is claimed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import prod
-from typing import Any
 
 import numpy as np
 
@@ -42,22 +42,24 @@ from relugate.compiler.domain import Box
 from relugate.compiler.errors import BadSpec
 from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape
 from relugate.compiler.network import Network
-from relugate.compiler.onnx_run import TOLERANCE, mismatch
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.interval import interval_bounds
 from relugate.passes.analysis.milp import exact_stability_all, lp_tighten
-from relugate.passes.analysis.steps import Affine, MaxPoolStep, steps_of
+from relugate.passes.analysis.steps import steps_of
 from relugate.passes.base import CertificateEntry, PassContext, PassResult, unchanged
-from relugate.passes.merge_affine import compose
+from relugate.passes.stable_relu_linear import (
+    MODES,
+    Progress,
+    eliminate_dependent,
+    fold,
+    step_index,
+)
 
 ANALYSES = ("interval", "crown", "lp", "milp")
-FOLD_ERROR = TOLERANCE
-"""Largest worst-case float32 output change (relative to max(1, |y|)) a fold may cause."""
-FOLD_MODES = ("measured", "proved", "none")
-FOLD_SAMPLES = 2048
 NOT_DONE = (
     "partly active layers keep their ReLU: a linear path for their active units "
-    "needs a skip connection, which the layer chain cannot express"
+    "(other than linearly dependent ones) needs a skip connection, which the layer "
+    "chain cannot express"
 )
 
 
@@ -114,7 +116,7 @@ def relu_bounds(
         bounds = lp_tighten(steps, bounds, time_limit=time_limit / 2)
     if method == "milp":
         _, bounds = exact_stability_all(steps, bounds, time_limit=time_limit / 2)
-    step_of = _step_index(net)
+    step_of = step_index(net)
     return {
         i: (bounds.lo[int(step_of[i])][0], bounds.hi[int(step_of[i])][0])
         for i, lay in enumerate(net.layers)
@@ -140,36 +142,6 @@ def _with(layer: Dense | Conv, weight: np.ndarray, bias: np.ndarray) -> Layer:
     if isinstance(layer, Dense):
         return Dense(layer.name, weight=weight, bias=bias)
     return Conv(layer.name, weight, bias, layer.strides, layer.pads, layer.dilations, layer.group)
-
-
-def fold_pays(first: Dense, second: Dense) -> bool:
-    """Folding grows neither parameters nor FLOPs."""
-    merged = second.n_out * first.n_in
-    return merged <= first.weight.size + second.weight.size and (
-        merged + second.n_out <= first.params() + second.params()
-    )
-
-
-@dataclass
-class Progress:
-    """What the rounds did so far, keyed by ReLU layer name; indices are the input net's."""
-
-    box: Box
-    method: str
-    pass_name: str
-    origin: dict[str, np.ndarray] = field(default_factory=dict)
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    entries: list[CertificateEntry] = field(default_factory=list)
-    joinable: set[tuple[str, str]] = field(default_factory=set)
-    skipped: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def entry(self, claim: str, layer: str, index: int, bound: str, value: float, rnd: int) -> None:
-        where = {"layer": layer, "index": index, bound: value, "round": rnd}
-        why = f"{self.method} bound on the domain: {bound} = {value:.9g}"
-        if self.method == "milp":
-            why += " (MILP decided up to HiGHS tolerances: not a proof)"
-        self.entries.append(CertificateEntry(self.pass_name, claim, where, why))
 
 
 def one_round(net: Network, progress: Progress, rnd: int, time_limit: float) -> list[Layer] | None:
@@ -214,7 +186,7 @@ def _prune(
         keep = np.array([int(np.argmax(top))])
         progress.notes.append(f"relu {name!r}: every unit inactive; one kept (no 0-width layer)")
     for c in np.setdiff1d(np.arange(channels), keep):
-        progress.entry("inactive", name, int(origin[c]), "hi", float(top[c]), rnd)
+        progress.entry("inactive", name, int(origin[c]), "hi", float(top[c]), round=rnd)
     _delete(layers, shapes, site, keep)
     row["inactive_removed"] += (channels - keep.size) * hi.shape[1]  # units
     progress.origin[name] = origin[keep]
@@ -228,11 +200,12 @@ def _all_active(name: str, lo: np.ndarray, hi: np.ndarray, progress: Progress, r
         inactive_left=int(np.sum(hi <= 0)),
         unstable=int(np.sum((lo < 0) & (hi > 0))),
     )
-    if not np.all(lo >= 0):
-        return False
     low, origin = lo.min(axis=1), progress.origin[name]
+    progress.active[name] = low
+    if not np.all(low >= 0):
+        return False
     for c in range(low.size):
-        progress.entry("active", name, int(origin[c]), "lo", float(low[c]), rnd)
+        progress.entry("active", name, int(origin[c]), "lo", float(low[c]), round=rnd)
     progress.layers[name]["relu_dropped"] = True
     return True
 
@@ -249,89 +222,6 @@ def _delete(
             block = prod(shapes[j][1:])
             layers[j] = Reshape(lay.name, shape=(keep.size * block,))
     layers[site.consumer] = keep_inputs(layers[site.consumer], keep, block)
-
-
-def fold_error(net: Network, i: int, box: Box) -> float:
-    """Worst-case change of a float32 output, relative to ``max(1, |y|)`` as ``TOLERANCE``
-    is, from folding Dense layers ``i, i + 1``.
-
-    Both float32 computations lie within their rounding margins of the same exact
-    value (the fold is exact in real arithmetic; the stored weights are rounded
-    to float32 and the margin covers that); the gap is carried to the output by
-    ``|W|`` (ReLU and max-pool do not widen it).  Crown bounds give ``|x|``, ``|y|``.
-    """
-    steps = steps_of(net)
-    k = int(_step_index(net)[i])
-    first, second = steps[k], steps[k + 1]
-    assert isinstance(first, Affine) and isinstance(second, Affine)
-    assert isinstance(first.layer, Dense) and isinstance(second.layer, Dense)
-    bounds = crown_bounds(steps, box.lo, box.hi)
-    x_abs, mid_abs = (np.maximum(np.abs(bounds.lo[j]), np.abs(bounds.hi[j])) for j in (k, k + 1))
-    merged = Affine(compose(first.layer, second.layer), first.in_shape, second.out_shape)
-    gap = second.apply(first.margin(x_abs), absolute=True) + second.margin(mid_abs)
-    gap = gap + merged.margin(x_abs)
-    for step in steps[k + 2 :]:
-        if isinstance(step, Affine):
-            gap = step.apply(gap, absolute=True)
-        elif isinstance(step, MaxPoolStep):
-            gap = step.forward(gap)
-    lo, hi = bounds.output()
-    smallest = np.where(lo > 0, lo, np.where(hi < 0, -hi, 0.0))  # least |y| on the domain
-    return float(np.max(gap / np.maximum(1.0, smallest - gap)))
-
-
-def fold_evidence(before: Network, after: Network, i: int, box: Box, mode: str) -> str | None:
-    """Why folding Dense layers ``i, i + 1`` keeps float32 outputs within tolerance, or None.
-
-    First the worst-case bound (``fold_error``, a proof; often pessimistic); failing
-    that, in ``measured`` mode, the change seen on domain samples, which must stay
-    under a quarter of the tolerance (evidence, not proof, and said so)."""
-    bound = fold_error(before, i, box)
-    if bound <= FOLD_ERROR:
-        return f"worst-case float32 change {bound:.3g} (relative), proved"
-    if mode != "measured":
-        return None
-    x = np.concatenate(
-        [box.corners_and_center(), box.sample(FOLD_SAMPLES, np.random.default_rng(0))]
-    )
-    seen = float(mismatch(before.forward(x, np.float32), after.forward(x, np.float32)).max())
-    if seen > FOLD_ERROR / 4:
-        return None
-    return (
-        f"float32 change measured on {len(x)} domain samples: {seen:.3g} (relative; "
-        f"not proved, the worst-case bound is {bound:.3g})"
-    )
-
-
-def fold(net: Network, progress: Progress, mode: str) -> Network:
-    """Fold the Dense pairs a dropped ReLU separated, where that grows neither parameters
-    nor FLOPs and keeps float32 outputs within tolerance (``fold_evidence``)."""
-    i = 0
-    while i + 1 < len(net.layers) and mode != "none":
-        first, second = net.layers[i], net.layers[i + 1]
-        i += 1
-        if not (isinstance(first, Dense) and isinstance(second, Dense)):
-            continue
-        if (first.name, second.name) not in progress.joinable or not fold_pays(first, second):
-            continue
-        folded = net.with_layers(
-            [*net.layers[: i - 1], compose(first, second), *net.layers[i + 1 :]]
-        )
-        evidence = fold_evidence(net, folded, i - 1, progress.box, mode)
-        if evidence is None:
-            progress.notes.append(f"{first.name!r}, {second.name!r} not folded: float32 rounding")
-            continue
-        i -= 1  # the merged layer (named like ``second``) may fold with the next one
-        net = folded
-        why = f"composition of affine maps (exact in real arithmetic); {evidence}"
-        merged = {"merged": [first.name, second.name]}
-        progress.entries.append(CertificateEntry(progress.pass_name, "equivalent", merged, why))
-    return net
-
-
-def _step_index(net: Network) -> np.ndarray:
-    """Analysis step of every layer (Reshape layers have no step of their own)."""
-    return np.cumsum([not isinstance(lay, Reshape) for lay in net.layers]) - 1
 
 
 class StableRelu:
@@ -354,10 +244,10 @@ class StableRelu:
             if layers is None:
                 break
             current = current.with_layers(layers)
-        fold_mode = str(ctx.options.get("fold", "measured"))
-        if fold_mode not in FOLD_MODES:
-            raise BadSpec(f"unknown fold mode {fold_mode!r}; choose from {FOLD_MODES}")
-        current = fold(current, progress, fold_mode)
+        mode = str(ctx.options.get("fold", "measured"))
+        if mode not in MODES:
+            raise BadSpec(f"unknown fold mode {mode!r}; choose from {MODES}")
+        current = fold(eliminate_dependent(current, progress, mode), progress, mode)
         changed = bool(progress.entries)
         domain_entry = CertificateEntry(
             self.name,

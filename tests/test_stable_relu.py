@@ -100,6 +100,24 @@ def test_golden_net_is_exactly_equivalent_by_z3() -> None:
     assert solver.check() == z3.unsat
 
 
+def test_dependent_active_unit_is_removed() -> None:
+    """On x in [0, 1], u0 = x + 1 and u1 = 2x + 0.5 are active and u0 = u1 / 2 + 0.75:
+    u0 goes, its column lands on u1 (times 1/2) and its constant on the next bias."""
+    fc1 = dense("fc1", [[1], [2], [1]], [1, 0.5, -0.5])
+    net = network((1,), [fc1, Relu("r1"), dense("fc2", [[1, 1, 1]], [0])])
+    box = Box(np.zeros(1), np.ones(1))
+    result = run(net, box)
+    first, last = result.network.layers[0], result.network.layers[2]
+    assert isinstance(first, Dense) and isinstance(last, Dense)
+    np.testing.assert_array_equal(first.weight, [[2], [1]])
+    np.testing.assert_array_equal(last.weight, [[1.5, 1]])
+    np.testing.assert_array_equal(last.bias, [0.75])
+    (entry,) = [e for e in result.certificate if e.claim == "active"]
+    assert entry.where["index"] == 0 and entry.where["basis"] == [1] and entry.where["lo"] >= 0
+    assert result.report["layers"]["r1"]["active_dependent_removed"] == 1
+    assert_sound(net, result.network, box, samples=10_000)
+
+
 def random_net(seed: int, widths: list[int], shift: float) -> Network:
     """A Dense/ReLU chain whose biases push many units to stable on [0, 1]^n."""
     rng = np.random.default_rng(seed)
