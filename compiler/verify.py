@@ -5,9 +5,11 @@ Cheap methods first, for every unsafe polytope of every case:
 2. crown: one symbolic bound over the whole box;
 3. pgd: gradient search for an unsafe output, on what crown did not prove;
 4. search, until the deadline: input splitting (branch and bound) when the
-   input has few dimensions; otherwise one MILP per case over its open unsafe
-   polytopes (HiGHS,
-   big-M over CROWN bounds with the float32 margins as bounded slack).  A
+   input has few dimensions; otherwise, on bounds whose intermediate layers are
+   tightened by optimized slopes, ReLU splitting (branch and bound with
+   beta-CROWN bounds) per polytope for half the time left when more than 64
+   ReLUs are unstable, then one MILP per case over the polytopes still open (HiGHS,
+   big-M over those bounds with the float32 margins as bounded slack).  A
    MILP "infeasible" is exact only up to the solver's tolerances, which the
    unsafe set is enlarged to cover (see ``milp``); its method is reported as
    ``milp`` so users can tell.
@@ -34,14 +36,20 @@ from relugate.compiler.importer import import_network
 from relugate.compiler.network import Network
 from relugate.compiler.onnx_run import run_batch
 from relugate.compiler.spec import Case, Polytope, Property
-from relugate.passes.analysis.attack import pgd_unsafe, sample_unsafe
+from relugate.passes.analysis.attack import pgd_unsafe, sample_unsafe, unsafe_margin
 from relugate.passes.analysis.bab import input_split, refuted
-from relugate.passes.analysis.crown import crown_bounds
+from relugate.passes.analysis.bounds import Bounds
 from relugate.passes.analysis.milp import milp_find_any
-from relugate.passes.analysis.steps import Step, steps_of
+from relugate.passes.analysis.relu_bab import Probe, relu_split, root_bounds
+from relugate.passes.analysis.steps import ReluStep, Step, steps_of
 
 INPUT_SPLIT_MAX_DIM = 16
 """Input splitting is used up to this many input dimensions."""
+RELU_SPLIT_SHARE = 0.5
+"""Wider inputs: the share of the time left that ReLU splitting gets before the MILP."""
+MILP_FIRST_MAX_UNSTABLE = 64
+"""Up to this many unstable ReLUs the MILP alone is faster than ReLU splitting (a
+20-16-16 net on a wide box: HiGHS 2 s, splitting 28,000 domains in 9 s)."""
 
 
 @dataclass
@@ -171,15 +179,16 @@ def _bound(goal: Goal, steps: Sequence[Step]) -> None:
         goal.status, goal.method = "holds", "crown"
 
 
-def _milp(goals: list[Goal], steps: Sequence[Step], checker: Checker, deadline: float) -> None:
+def _milp(
+    goals: list[Goal], steps: Sequence[Step], root: Bounds, checker: Checker, deadline: float
+) -> None:
     """One MILP (HiGHS) over a case's box for all its open polytopes at once (a
-    disjunction), for inputs too wide to split."""
+    disjunction), big-M over the root's optimized bounds."""
     case = goals[0].case
-    bounds = crown_bounds(steps, case.box.lo[None], case.box.hi[None])
     budget = deadline - time.monotonic()
     if budget <= 1:
         return
-    result = milp_find_any(steps, bounds, [(g.poly.A, g.poly.b) for g in goals], time_limit=budget)
+    result = milp_find_any(steps, root, [(g.poly.A, g.poly.b) for g in goals], time_limit=budget)
     for goal in goals:
         goal.seconds += result.seconds / len(goals)
     if result.status == "infeasible":
@@ -189,6 +198,62 @@ def _milp(goals: list[Goal], steps: Sequence[Step], checker: Checker, deadline: 
         hit = goals[result.polytope]
         if checker.confirm(result.x, case, hit.poly):
             hit.status, hit.method = "violated", "milp"
+
+
+def _relu_search(
+    goals: list[Goal],
+    net: Network,
+    steps: Sequence[Step],
+    root: Bounds,
+    checker: Checker,
+    deadline: float,
+) -> None:
+    """ReLU-splitting branch and bound per goal, each with an equal share of half the
+    time left (the other half is for the MILP on what stays open)."""
+    share = (deadline - time.monotonic()) * RELU_SPLIT_SHARE / max(len(goals), 1)
+    for goal in goals:
+        result = relu_split(
+            steps, root, goal.poly, _prober(net, checker, goal), time.monotonic() + share
+        )
+        goal.seconds += result.seconds
+        goal.boxes += result.domains
+        if result.status != "unknown":
+            goal.status, goal.method = result.status, "relu-split"
+        if goal.status == "violated":
+            return
+
+
+def _prober(net: Network, checker: Checker, goal: Goal) -> Probe:
+    def probe(x: np.ndarray) -> np.ndarray | None:
+        y = net.forward(x.astype(np.float32), np.float32).reshape(len(x), -1)
+        for i in np.flatnonzero(unsafe_margin(y.astype(np.float64), goal.poly) <= 0):
+            if checker.confirm(x[i], goal.case, goal.poly):
+                return x[i]
+        return None
+
+    return probe
+
+
+def _unstable(steps: Sequence[Step], bounds: Bounds) -> int:
+    return sum(
+        int(((bounds.lo[j] < 0) & (bounds.hi[j] > 0)).sum())
+        for j, step in enumerate(steps)
+        if isinstance(step, ReluStep)
+    )
+
+
+def _wide_search(
+    group: list[Goal], net: Network, steps: Sequence[Step], checker: Checker, deadline: float
+) -> None:
+    case = group[0].case
+    root = root_bounds(steps, case.box.lo[None], case.box.hi[None])
+    if _unstable(steps, root) > MILP_FIRST_MAX_UNSTABLE:
+        _relu_search(group, net, steps, root, checker, deadline)
+        if any(g.status == "violated" for g in group):
+            return
+    still_open = [g for g in group if g.status == "open"]
+    if still_open:
+        _milp(still_open, steps, root, checker, deadline)
 
 
 def _open_wide_cases(goals: list[Goal]) -> list[list[Goal]]:
@@ -243,9 +308,10 @@ def verify_model(
         if goal.status == "violated":
             return _result(goals, "violated", goal.method, started, checker)
     for group in _open_wide_cases(goals):
-        _milp(group, steps, checker, deadline)
-        if any(g.status == "violated" for g in group):
-            return _result(goals, "violated", "milp", started, checker)
+        _wide_search(group, net, steps, checker, deadline)
+        hit = next((g for g in group if g.status == "violated"), None)
+        if hit is not None:
+            return _result(goals, "violated", hit.method, started, checker)
     if all(g.status == "holds" for g in goals):
         methods = sorted({g.method for g in goals})
         return _result(goals, "holds", "+".join(methods), started, checker)

@@ -60,20 +60,39 @@ def _initial_alphas(steps: Sequence[Step], bounds: Bounds, rows: int) -> dict[in
     return alphas
 
 
-def bound_and_gradient(
+@dataclass
+class Evaluation:
+    """One back-substitution of the spec bound, with its gradients."""
+
+    value: np.ndarray  # lower bound per box and row (B, r)
+    alpha_grads: dict[int, np.ndarray]  # d value / d alpha, per ReLU step (B, r, n)
+    beta_grads: dict[int, np.ndarray]  # d value / d beta, per split ReLU step (B, r, n)
+    coeffs: np.ndarray  # coefficients where the walk stopped (B, r, n_stop)
+    relu_lams: dict[int, np.ndarray]  # coefficients on each ReLU's output (B, r, n)
+
+
+def evaluate(
     steps: Sequence[Step],
     bounds: Bounds,
     C: np.ndarray,
     alphas: dict[int, np.ndarray],
     fixed: _Fixed | None = None,
-) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
-    """Lower bound of ``C y`` per box and row, its gradient in each alpha, and the
-    coefficients at the level where the walk stopped."""
+    betas: dict[int, np.ndarray] | None = None,
+    signs: dict[int, np.ndarray] | None = None,
+) -> Evaluation:
+    """Lower bound of ``C y`` per box and row and its gradients.
+
+    ``signs[j]`` (B, n): +1 where a branch assumes ReLU ``j``'s input >= 0, -1
+    where it assumes <= 0, 0 elsewhere.  Each assumption ``s z >= 0`` enters as
+    the Lagrangian term ``-beta s z`` (beta >= 0, beta-CROWN), sound for every
+    beta, so the bound holds on the branch whatever beta is."""
     fixed = fixed or _fixed(steps, bounds)
+    betas, signs = betas or {}, signs or {}
     lam = C.astype(np.float64)
     const = np.zeros(lam.shape[:2])
     mag = np.zeros(lam.shape[:2])
     records: list[_Record] = []
+    relu_lams: dict[int, np.ndarray] = {}
     stop = 0
     for j in range(len(steps) - 1, -1, -1):
         step = steps[j]
@@ -87,19 +106,35 @@ def bound_and_gradient(
             mag = mag + np.abs(lam) @ np.abs(bias) + np.einsum("brn,bn->br", np.abs(lam), margin)
             lam = step.apply_transpose(lam)
         else:
+            relu_lams[j] = lam
             slope_lo, slope_up, icpt = _slopes(fixed, j, alphas[j])
             neg = np.minimum(lam, 0)
             extra = np.einsum("brn,bn->br", neg, icpt)
             const, mag = const + extra, mag + np.abs(extra)
             lam = np.maximum(lam, 0) * slope_lo + neg * slope_up[:, None, :]
+            if j in betas:
+                lam = lam - betas[j] * signs[j][:, None, :]
     lo_s, hi_s = bounds.lo[stop], bounds.hi[stop]
     value = np.einsum("brn,bn->br", np.maximum(lam, 0), lo_s) + np.einsum(
         "brn,bn->br", np.minimum(lam, 0), hi_s
     )
     x_abs = np.maximum(np.abs(lo_s), np.abs(hi_s))
     slack = 4 * (lam.shape[-1] + 8) * U64 * (np.einsum("brn,bn->br", np.abs(lam), x_abs) + mag)
-    grads = _reverse(steps, fixed, records, lam, lo_s, hi_s, alphas)
-    return value + const - slack, grads, lam
+    alpha_grads, beta_grads = _reverse(steps, fixed, records, lam, lo_s, hi_s, alphas, signs)
+    return Evaluation(value + const - slack, alpha_grads, beta_grads, lam, relu_lams)
+
+
+def bound_and_gradient(
+    steps: Sequence[Step],
+    bounds: Bounds,
+    C: np.ndarray,
+    alphas: dict[int, np.ndarray],
+    fixed: _Fixed | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
+    """Lower bound of ``C y`` per box and row, its gradient in each alpha, and the
+    coefficients at the level where the walk stopped."""
+    ev = evaluate(steps, bounds, C, alphas, fixed)
+    return ev.value, ev.alpha_grads, ev.coeffs
 
 
 def _slopes(fixed: _Fixed, j: int, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,9 +151,12 @@ def _reverse(
     lo_s: np.ndarray,
     hi_s: np.ndarray,
     alphas: dict[int, np.ndarray],
-) -> dict[int, np.ndarray]:
+    signs: dict[int, np.ndarray],
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """``grad`` is d value / d (coefficients at the current level), moving outward."""
     grad = np.where(lam > 0, lo_s[:, None, :], hi_s[:, None, :])
-    out: dict[int, np.ndarray] = {}
+    alpha_grads: dict[int, np.ndarray] = {}
+    beta_grads: dict[int, np.ndarray] = {}
     for rec in reversed(records):
         step = steps[rec.step]
         before = rec.before
@@ -126,14 +164,16 @@ def _reverse(
             margin = fixed.margin[rec.step]
             grad = step.apply(grad) + fixed.bias[rec.step] - np.sign(before) * margin[:, None, :]
         else:
+            if rec.step in signs:
+                beta_grads[rec.step] = -grad * signs[rec.step][:, None, :]
             slope_lo, slope_up, icpt = _slopes(fixed, rec.step, alphas[rec.step])
             unstable = fixed.relax[rec.step][3]
-            out[rec.step] = np.where(unstable, grad * np.maximum(before, 0), 0.0)
+            alpha_grads[rec.step] = np.where(unstable, grad * np.maximum(before, 0), 0.0)
             positive = before > 0
             grad = np.where(
                 positive, grad * slope_lo, grad * slope_up[:, None, :] + icpt[:, None, :]
             )
-    return out
+    return alpha_grads, beta_grads
 
 
 def optimized_spec_bounds(

@@ -12,7 +12,7 @@ its output interval.  Every bound is intersected with interval propagation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +52,7 @@ def relu_relaxation(
 def _through_affine(lin: Linear, step: Affine, x_abs: np.ndarray, sign: np.ndarray) -> Linear:
     """``sign`` per row: -1 for rows bounded from below, +1 for rows bounded from above."""
     bias = step.bias()
-    spread = np.einsum("bmn,bn->bm", np.abs(lin.A), step.margin(x_abs))
+    spread = _matvec(np.abs(lin.A), step.margin(x_abs))
     c = lin.c + lin.A @ bias + sign * spread
     mag = lin.mag + np.abs(lin.A) @ np.abs(bias) + spread
     return Linear(step.apply_transpose(lin.A), c, mag)
@@ -66,20 +66,24 @@ def _through_relu(
     lo_slope, up_slope, up_icpt = relu_relaxation(lo, hi, alpha)
     takes_lower = (lin.A > 0) == lower[None, :, None]
     A = lin.A * np.where(takes_lower, lo_slope[:, None, :], up_slope[:, None, :])
-    extra = np.einsum("bmn,bn->bm", np.where(takes_lower, 0.0, lin.A), up_icpt)
+    extra = _matvec(np.where(takes_lower, 0.0, lin.A), up_icpt)
     return Linear(A, lin.c + extra, lin.mag + np.abs(extra))
 
 
 def _concretize(lin: Linear, lo: np.ndarray, hi: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    takes_lo = (lin.A > 0) == lower[None, :, None]
-    value = np.einsum("bmn,bn->bm", np.where(takes_lo, lin.A, 0.0), lo) + np.einsum(
-        "bmn,bn->bm", np.where(takes_lo, 0.0, lin.A), hi
-    )
+    """Minimum (``lower`` rows) or maximum of ``A x + c`` over the box, in center-radius
+    form; the rounding of the center and radius is inside the float64 slack."""
+    abs_a = np.abs(lin.A)
+    center = _matvec(lin.A, (lo + hi) / 2)
+    spread = _matvec(abs_a, (hi - lo) / 2)
     x_abs = np.maximum(np.abs(lo), np.abs(hi))
-    slack = (
-        4 * (lin.A.shape[-1] + 8) * U64 * (np.einsum("bmn,bn->bm", np.abs(lin.A), x_abs) + lin.mag)
-    )
-    return value + lin.c + np.where(lower, -slack, slack)
+    slack = 4 * (lin.A.shape[-1] + 8) * U64 * (_matvec(abs_a, x_abs) + lin.mag)
+    return center + lin.c + np.where(lower, -(spread + slack), spread + slack)
+
+
+def _matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``A[b] @ x[b]`` for every box: (B, m, n) x (B, n) -> (B, m)."""
+    return np.matmul(A, x[:, :, None])[..., 0]
 
 
 def backsubstitute(
@@ -142,29 +146,75 @@ def crown_bounds(
     lo: np.ndarray,
     hi: np.ndarray,
     alphas: dict[int, np.ndarray] | None = None,
+    known: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    signs: Mapping[int, np.ndarray] | None = None,
+    reuse_until: int = -1,
+    max_rows: int | None = None,
 ) -> Bounds:
-    """CROWN bounds on every step's input and the output, over boxes (B, n_in)."""
+    """CROWN bounds on every step's input and the output, over boxes (B, n_in).
+
+    ``known[k]``: bounds already proved for step ``k``'s input on the same boxes
+    (e.g. a parent domain's), intersected in; up to step ``reuse_until`` they
+    are taken as they are, without back-substitution.  ``signs[j]`` (B, n): a
+    branch's assumption that ReLU ``j``'s input is >= 0 (+1) or <= 0 (-1),
+    applied before later layers are bounded (the bounds then hold on the branch).
+    ``max_rows``: back-substitute at most this many neurons per layer, those with
+    the largest relaxation area (the others keep their interval or known bounds)."""
     lo, hi = float32_box(*as_batch(lo, hi))
     bounds = Bounds([lo], [hi], "crown")
+    known = known or {}
     for k, step in enumerate(steps):
         i_lo, i_hi = step_interval(step, bounds.lo[k], bounds.hi[k])
         bounds.lo.append(i_lo)
         bounds.hi.append(i_hi)
-        if not (isinstance(step, Affine) and _wants_symbolic(steps, k)):
-            continue
-        if not _has_relaxation_before(steps, k):
-            continue  # a chain of affine steps on a box: intervals are already exact
+        _intersect(bounds, k + 1, known)
+        reused = k + 1 in known and k + 1 <= reuse_until
+        if isinstance(step, Affine) and _wants_symbolic(steps, k) and not reused:
+            _tighten(steps, k, bounds, alphas, max_rows)
+        if signs and k + 1 in signs:
+            _assume(bounds, k + 1, signs[k + 1])
+    return bounds
+
+
+def known_of(bounds: Bounds) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every step's bounds, as ``known`` for a later ``crown_bounds`` on the same boxes."""
+    return {k: (lo, hi) for k, (lo, hi) in enumerate(zip(bounds.lo, bounds.hi, strict=True))}
+
+
+def _intersect(bounds: Bounds, k: int, known: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    if k in known:
+        bounds.lo[k] = np.maximum(bounds.lo[k], known[k][0])
+        bounds.hi[k] = np.minimum(bounds.hi[k], known[k][1])
+
+
+def _assume(bounds: Bounds, k: int, sign: np.ndarray) -> None:
+    bounds.lo[k] = np.where(sign > 0, np.maximum(bounds.lo[k], 0.0), bounds.lo[k])
+    bounds.hi[k] = np.where(sign < 0, np.minimum(bounds.hi[k], 0.0), bounds.hi[k])
+
+
+def _tighten(
+    steps: Sequence[Step],
+    k: int,
+    bounds: Bounds,
+    alphas: dict[int, np.ndarray] | None,
+    max_rows: int | None = None,
+) -> None:
+    """Back-substitute the output of affine step ``k`` where intervals may be loose."""
+    i_lo, i_hi = bounds.lo[k + 1], bounds.hi[k + 1]
+    if _has_relaxation_before(steps, k):  # else: affine steps on a box, intervals are exact
         rows = _rows_worth_tightening(steps, k, i_lo, i_hi)
+        if max_rows is not None and rows.size > max_rows:
+            area = (-np.minimum(i_lo[:, rows], 0) * np.maximum(i_hi[:, rows], 0)).max(axis=0)
+            rows = np.sort(rows[np.argsort(-area)[:max_rows]])
         B, n = i_lo.shape
         if not rows.size or B * 2 * rows.size * max(n, bounds.lo[0].shape[1]) > MAX_ELEMENTS:
-            continue
+            return
         pick = np.eye(n)[rows]
         C = np.broadcast_to(np.concatenate([pick, pick]), (B, 2 * rows.size, n))
         side = np.arange(2 * rows.size) < rows.size
         both, _ = backsubstitute(steps, k + 1, C, bounds, lower=side, alphas=alphas)
         bounds.lo[k + 1][:, rows] = np.maximum(i_lo[:, rows], both[:, : rows.size])
         bounds.hi[k + 1][:, rows] = np.minimum(i_hi[:, rows], both[:, rows.size :])
-    return bounds
 
 
 def spec_lower_bounds(
