@@ -25,7 +25,14 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from relugate import __version__
 from relugate.compiler import inspect as inspect_mod
@@ -243,6 +250,73 @@ def verify(
     if result.counterexample is not None:
         out.print(f"counterexample input: {result.counterexample['input']}", highlight=False)
         out.print(f"output (onnxruntime): {result.counterexample['output']}", highlight=False)
+
+
+@app.command("verify-batch")
+def verify_batch(
+    instances: Annotated[
+        Path, typer.Argument(help="VNN-COMP instances.csv: onnx, vnnlib, timeout per row.")
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output folder (written atomically).")
+    ],
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Parallel workers (default: CPU count).", min=1),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto (dask if installed), local, dask or ray.")
+    ] = "auto",
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler or Ray cluster address.")
+    ] = None,
+    timeout_scale: Annotated[
+        float, typer.Option("--timeout-scale", help="Multiply every timeout by this.", min=0.0)
+    ] = 1.0,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Run only the first N instances.", min=1)
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder.")
+    ] = False,
+) -> None:
+    """Verify every instance of INSTANCES in parallel; write OUT/results.jsonl, results.csv,
+    report.json and VNN-COMP result files. Exit code 0 whatever the verdicts."""
+    from relugate.compiler import batch
+
+    with _guard():
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("verifying", total=None)
+
+            def on_done(o: batch.Outcome) -> None:
+                progress.update(task, advance=1, description=f"{o.network} {o.spec}: {o.verdict}")
+
+            outcomes, report = batch.verify_batch(
+                instances,
+                output,
+                backend=backend,
+                workers=workers,
+                scheduler=scheduler,
+                timeout_scale=timeout_scale,
+                limit=limit,
+                overwrite=force,
+                on_start=lambda n: progress.update(task, total=n),
+                on_done=on_done,
+            )
+    out.print(batch.summary_table(outcomes, report))
+    for o in outcomes:
+        if o.verdict == "error":
+            out.print(f"[red]error[/] {escape(f'{o.network} {o.spec}: {o.message}')}")
+    out.print(f"wrote [bold]{escape(str(output))}[/]", highlight=False)
 
 
 @app.command()
