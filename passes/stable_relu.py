@@ -86,7 +86,7 @@ def find_site(layers: list[Layer], shapes: list[tuple[int, ...]], i: int) -> Sit
     prev = layers[i - 1] if i else None
     if not (isinstance(prev, Dense) or (isinstance(prev, Conv) and prev.group == 1)):
         what = "the input" if prev is None else f"{prev.kind} {prev.name!r}"
-        return Site(i, None, None, (), f"relu {name!r} is fed by {what}, not dense/conv")
+        return Site(i, None, None, (), f"relu {name!r} is fed by {what}, not dense/plain conv")
     j, between = i + 1, []
     while j < len(layers) and isinstance(layers[j], MaxPool | Reshape):
         lay = layers[j]
