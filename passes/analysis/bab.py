@@ -80,13 +80,17 @@ def input_split(
     started = time.monotonic()
     lo_q, hi_q = box.lo[None].copy(), box.hi[None].copy()
     processed = 0
+    per_box = 0.0  # seconds per box in the last batch: the batch shrinks near the deadline
     while len(lo_q):
-        if time.monotonic() > deadline:
-            return SearchResult("unknown", None, processed, time.monotonic() - started)
-        lo, hi = lo_q[-batch:], hi_q[-batch:]
+        now = time.monotonic()
+        if now > deadline:
+            return SearchResult("unknown", None, processed, now - started)
+        size = batch if per_box == 0 else int(np.clip((deadline - now) / per_box, 8, batch))
+        lo, hi = lo_q[-size:], hi_q[-size:]
         lo_q, hi_q = lo_q[: len(lo_q) - len(lo)], hi_q[: len(hi_q) - len(hi)]
         processed += len(lo)
         safe, slack, coeffs = refuted(steps, lo, hi, poly)
+        per_box = (time.monotonic() - now) / len(lo)
         lo, hi, slack, coeffs = lo[~safe], hi[~safe], slack[~safe], coeffs[~safe]
         if not len(lo):
             continue
