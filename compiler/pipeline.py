@@ -9,7 +9,11 @@ Read top to bottom, ``default_passes`` is the compiler:
 3. merge_affine  -- merge Dense layers with nothing between (after folding
                     there may be some), when that does not grow the model;
 4. drop_identity -- remove what the folds left computing the identity;
-5. stable_relu   -- on the input domain (none: skipped), delete ReLU units
+5. maxpool_to_relu -- (opt-in: option ``maxpool=relu``) every MaxPool becomes
+                    a tree of max(a, b) = relu(a - b) + b built from depthwise
+                    convs and ReLUs, each window template proved by z3, so the
+                    next pass can remove the tree ReLUs the bounds show stable;
+6. stable_relu   -- on the input domain (none: skipped), delete ReLU units
                     the bounds prove inactive, drop ReLU layers proved all
                     active and fold the Dense pairs they separated; it comes
                     last because it needs the plain Dense/Conv chain the
@@ -32,12 +36,20 @@ from relugate.passes.base import CertificateEntry, Pass, PassContext, PassResult
 from relugate.passes.drop_identity import DropIdentity
 from relugate.passes.fold_layout import FoldLayout
 from relugate.passes.fold_scale import FoldScale
+from relugate.passes.maxpool_to_relu import MaxPoolToRelu
 from relugate.passes.merge_affine import MergeAffine
 from relugate.passes.stable_relu import StableRelu
 
 
 def default_passes() -> list[Pass]:
-    return [FoldLayout(), FoldScale(), MergeAffine(), DropIdentity(), StableRelu()]
+    return [
+        FoldLayout(),
+        FoldScale(),
+        MergeAffine(),
+        DropIdentity(),
+        MaxPoolToRelu(),
+        StableRelu(),
+    ]
 
 
 @dataclass

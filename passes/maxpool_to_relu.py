@@ -43,7 +43,7 @@ from relugate.compiler.network import Network, TensorSpec
 from relugate.passes.analysis import max_template
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.steps import steps_of
-from relugate.passes.base import CertificateEntry, PassContext, PassResult
+from relugate.passes.base import CertificateEntry, PassContext, PassResult, unchanged
 
 
 @dataclass(frozen=True)
@@ -206,10 +206,21 @@ def _entry(
     return CertificateEntry(MaxPoolToRelu.name, "equivalent", where_, justification)
 
 
+OFF_REASON = (
+    "off: MaxPool kept (option maxpool=relu, CLI --maxpool-to-relu, rewrites it; the tree "
+    "multiplies FLOPs by about 5 on Convnet_maxpool, so it pays off only for analysis "
+    "or when the domain makes most tree ReLUs stable)"
+)
+
+
 class MaxPoolToRelu:
     name = "maxpool_to_relu"
 
     def run(self, net: Network, ctx: PassContext) -> PassResult:
+        if not any(isinstance(layer, MaxPool) for layer in net.layers):
+            return unchanged(net, "no MaxPool")
+        if ctx.options.get("maxpool", "keep") != "relu":
+            return unchanged(net, OFF_REASON)
         out: list[Layer] = []
         entries: list[CertificateEntry] = []
         left: dict[str, str] = {}

@@ -22,6 +22,9 @@ from relugate.passes.maxpool_to_relu import MaxPoolToRelu, tree_layers
 
 U32 = 2.0**-24
 
+ON = {"maxpool": "relu"}
+"""The pass is opt-in."""
+
 
 def pool(kernel, strides=None, pads=None, dilations=None, name="pool") -> MaxPool:
     rank = len(kernel)
@@ -35,7 +38,7 @@ def pool(kernel, strides=None, pads=None, dilations=None, name="pool") -> MaxPoo
 
 
 def rewrite(net: Network, domain: Box | None = None) -> PassResult:
-    result = MaxPoolToRelu().run(net, PassContext(domain))
+    result = MaxPoolToRelu().run(net, PassContext(domain, ON))
     assert not any(isinstance(lay, MaxPool) for lay in result.network.layers), result.report
     return result
 
@@ -276,7 +279,7 @@ def test_pass_refuses_an_unproved_template(monkeypatch) -> None:
     failed = max_template.Proof(4, "signed", False, "sat", 1.0, (0.0, 0.0, 0.0, 1.0))
     monkeypatch.setattr(max_template, "proof", lambda k, form: failed)
     net = network((1, 8), [pool((4,), (4,))])
-    result = MaxPoolToRelu().run(net, PassContext())
+    result = MaxPoolToRelu().run(net, PassContext(None, ON))
     assert not result.changed and "z3 did not prove" in result.report["maxpools_left"]["pool"]
 
 
@@ -289,7 +292,7 @@ def test_padding_without_domain_or_relu_is_left_with_a_reason() -> None:
             pool((3, 3), (2, 2), (1, 1, 1, 1), name="pad_pool"),
         ],
     )
-    result = MaxPoolToRelu().run(net, PassContext())
+    result = MaxPoolToRelu().run(net, PassContext(None, ON))
     assert not result.changed and result.network.layers == net.layers
     assert "-inf padding" in result.report["maxpools_left"]["pad_pool"]
     assert result.report["maxpools_rewritten"] == 0 and result.report["relus_added"] == 0
@@ -298,7 +301,7 @@ def test_padding_without_domain_or_relu_is_left_with_a_reason() -> None:
 def test_window_made_only_of_padding_is_a_typed_error() -> None:
     net = network((1, 5), [pool((2,), (1,), (2, 0), name="bad_pool")])
     with pytest.raises(UnsupportedModel, match="bad_pool"):
-        MaxPoolToRelu().run(net, PassContext(box_for(net, 0.0, 1.0)))
+        MaxPoolToRelu().run(net, PassContext(box_for(net, 0.0, 1.0), ON))
 
 
 # -- public benchmark ----------------------------------------------------------
@@ -321,3 +324,9 @@ def test_verivital_rewritten_matches_onnxruntime(benchmarks: Path) -> None:
         ref = run_batch(str(model), net.input, x).astype(np.float64)
         ours = run_network(result.network, x).astype(np.float64)
         assert mismatch(ref, ours).max() <= TOLERANCE, spec.name
+
+
+def test_pass_is_off_unless_asked_for() -> None:
+    net = network((2, 4, 4), [MaxPool("pool", (2, 2), (2, 2), (0, 0, 0, 0), (1, 1))])
+    result = MaxPoolToRelu().run(net, PassContext())
+    assert not result.changed and "off" in result.report["reason"]

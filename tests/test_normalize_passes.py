@@ -333,7 +333,8 @@ def test_dump_ir_writes_every_step(tmp_path: Path) -> None:
         "02_fold_scale.onnx",
         "03_merge_affine.onnx",
         "04_drop_identity.onnx",
-        "05_stable_relu.onnx",
+        "05_maxpool_to_relu.onnx",
+        "06_stable_relu.onnx",
     ]
 
 
