@@ -146,8 +146,18 @@ def compile(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    gate_timeout: Annotated[
+        float,
+        typer.Option("--gate-timeout", help="Verification seconds per property.", min=0.0),
+    ] = 60.0,
+    no_gates: Annotated[
+        bool,
+        typer.Option("--no-gates", help="With --spec: skip verification, gates and certificate."),
+    ] = False,
 ) -> None:
-    """Compile MODEL for the domain of its property and write OUT/model.onnx and OUT/report.json."""
+    """Compile MODEL for the domain of its property and write OUT/model.onnx and OUT/report.json;
+    with --spec, also verify each property and add proved output gates where it may fail
+    (OUT/certificate.json)."""
     from relugate.compiler.compile import CompileOptions, compile_model
 
     with _guard(), _progress() as progress:
@@ -162,6 +172,8 @@ def compile(
             dump_ir=dump_ir,
             verify_each=verify_each,
             on_step=on_step,
+            gates=not no_gates,
+            gate_timeout=gate_timeout,
         )
         result = compile_model(model, options, specs=spec or [], input_box=input_box or [])
         progress.update(task, description="done")
@@ -175,6 +187,35 @@ def compile(
         out.print(pass_table(report["passes"]))
     to = escape(str(output))
     out.print(f"wrote [bold]{to}/model.onnx[/] and [bold]{to}/report.json[/]", highlight=False)
+    if "gates" in report:
+        gated = sum(1 for v in report["verdict_original"] if v["gated"])
+        out.print(
+            f"{len(report['gates'])} output gates for {gated} properties, proved; "
+            f"wrote [bold]{to}/certificate.json[/]",
+            highlight=False,
+        )
+
+
+@app.command()
+def check(
+    bundle: Annotated[Path, typer.Argument(help="Folder written by compile --spec.")],
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Seconds to re-verify each ungated property.", min=0.0),
+    ] = None,
+) -> None:
+    """Re-verify BUNDLE's certificate independently: hashes, output ranges, gates, proofs."""
+    from relugate.compiler.check import check_bundle
+
+    with _guard():
+        summary = check_bundle(
+            bundle, timeout, say=lambda line: out.print(line, highlight=False, markup=False)
+        )
+    out.print(
+        f"[bold green]ok[/]: {summary['properties']} properties, {summary['gates']} gates, "
+        f"{summary['cases']} cases proved",
+        highlight=False,
+    )
 
 
 @app.command()

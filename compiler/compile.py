@@ -1,7 +1,10 @@
 """``compile_model``: the whole compile, as the CLI and the Python API run it.
 
 load -> import -> property/domain -> pipeline -> export -> check against the
-original in onnxruntime -> write ``model.onnx`` and ``report.json`` atomically.
+original in onnxruntime -> (with specs) verify, gate and prove
+(``certificate.gate_model``) -> write ``model.onnx``, ``report.json`` (and
+``certificate.json``) atomically.  The check against the original compares
+the UNGATED network: gates change outputs on purpose.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -29,6 +33,9 @@ from relugate.compiler.pipeline import Instrument, Pipeline, PipelineResult, def
 from relugate.compiler.spec import Property, parse_input_box, read_vnnlib
 from relugate.passes.base import PassContext
 
+if TYPE_CHECKING:
+    from relugate.compiler.certificate import Gating
+
 CHECK_SAMPLES = 64
 
 
@@ -40,6 +47,8 @@ class CompileOptions:
     verify_each: bool = False
     verify_samples: int = 256
     check_samples: int = CHECK_SAMPLES
+    gates: bool = True  # with specs: verify, insert proved output gates, write certificate.json
+    gate_timeout: float = 60.0  # verification budget per property (seconds)
     on_step: Callable[[str], None] | None = field(default=None, repr=False)
 
 
@@ -54,9 +63,12 @@ def load_properties(paths: Sequence[Path], net: Network) -> list[Property]:
     props = [read_vnnlib(p) for p in paths]
     for prop in props:
         if prop.n_inputs != net.input.size or prop.n_outputs != net.output.size:
+            missing = ""
+            if prop.n_outputs > net.output.size:
+                missing = f" (output Y_{prop.n_outputs - 1} does not exist in the model)"
             raise BadSpec(
                 f"{prop.source}: the spec has {prop.n_inputs} inputs and {prop.n_outputs} outputs; "
-                f"the model has {net.input.size} inputs and {net.output.size} outputs"
+                f"the model has {net.input.size} inputs and {net.output.size} outputs{missing}"
             )
     return props
 
@@ -101,12 +113,43 @@ def compile_model(
     result = pipeline.run(net, PassContext(domain=domain))
     exported = to_onnx(result.network)
     check = check_against_original(loaded, net, exported, domain, options.check_samples)
+    gating = _gate(loaded, exported, net, props, specs, options)
+    shipped = exported if gating is None else gating.model
     report = build_report(loaded, net, result, props, domain, check, verifier)
+    if gating is not None:
+        report.update(gating.report)
     report["seconds"] = round(time.perf_counter() - started, 4)
+    data = shipped.SerializeToString()
     with atomic_directory(options.out_dir, options.overwrite) as tmp:
-        onnx.save(exported, str(tmp / "model.onnx"))
+        (tmp / "model.onnx").write_bytes(data)
         write_json(tmp / "report.json", report)
+        if gating is not None:
+            paths = [Path(s) for s in specs]
+            cert = gating.certificate(
+                loaded, props, paths, domain, sha256(data).hexdigest(), options.gate_timeout
+            )
+            write_json(tmp / "certificate.json", cert)
     return CompileResult(result.network, report, options.out_dir)
+
+
+def _gate(
+    loaded: LoadedModel,
+    exported: onnx.ModelProto,
+    net: Network,
+    props: Sequence[Property],
+    specs: Sequence[str | Path],
+    options: CompileOptions,
+) -> Gating | None:
+    """With specs (and gates on): verdicts, proved output gates, fidelity."""
+    if not props or not options.gates:
+        return None
+    from relugate.compiler.certificate import gate_model  # imports verify, which imports us
+
+    if options.on_step is not None:
+        options.on_step("insert_gates (verify, gate, prove)")
+    spec_in = TensorSpec(net.input.name, net.input.shape, net.input.has_batch)
+    paths = [Path(s) for s in specs]
+    return gate_model(loaded, exported, spec_in, props, paths, options.gate_timeout)
 
 
 def check_against_original(

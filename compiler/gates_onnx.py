@@ -1,0 +1,168 @@
+"""Output gates as ONNX: appended after the network, stripped for checking.
+
+The network's output tensor ``<out>`` is renamed ``<out>_ungated``; nodes named
+``relugate_gate/...`` (opset 17, float32 constants) read it and the model
+input and write ``<out>`` again, so names and shapes stay those of the
+original.  Per distinct input box ``j`` (``x`` flattened to ``(N, n_in)``):
+
+    r_j = Relu(Max(Sub(lo_j, x), Sub(x, hi_j)))          # 0 exactly inside the box
+
+and per gate ``g`` (in order; ``y`` is the output so far, ``(N, n_out)``):
+
+    shift = Gemm(r_j, scale_g, c_g)      # c_g + M dist(x), column per row of the polytope
+    t     = Gemm(y, C_g, shift)          # t_r -/+ delta (+/- M dist)
+    T     = ReduceMax(t) | ReduceMin(t)  # omitted for one row
+    y     = Min(y, Add(T, mask_g)) | Max(...)  # mask: 0 at k, +-inf elsewhere
+
+Every shape keeps the batch axis, so the gated model runs on any batch size
+the network does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from relugate.compiler.errors import BundleError
+from relugate.passes.analysis.gate_design import GateSpec
+
+PREFIX = "relugate_gate/"
+UNGATED_SUFFIX = "_ungated"
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [
+        d.dim_param if d.HasField("dim_param") else d.dim_value
+        for d in value.type.tensor_type.shape.dim
+    ]
+
+
+def _data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    inits = {i.name for i in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in inits)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: object) -> str:
+        full = PREFIX + name
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name=full))
+        return full
+
+    def node(
+        self, op: str, name: str, inputs: list[str], out: str | None = None, **attrs: Any
+    ) -> str:
+        output = out or PREFIX + name + ":out"
+        self.nodes.append(helper.make_node(op, inputs, [output], name=PREFIX + name, **attrs))
+        return output
+
+
+def _flatten(b: _Builder, tensor: str, dims: list[int | str], size: int, name: str) -> str:
+    if len(dims) == 2:
+        return tensor
+    shape = b.const(f"{name}_shape", np.array([-1, size], dtype=np.int64))
+    return b.node("Reshape", name, [tensor, shape])
+
+
+def gate_nodes(
+    gates: list[GateSpec],
+    x_name: str,
+    x_dims: list[int | str],
+    y_name: str,
+    y_dims: list[int | str],
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The gate subgraph reading ``x_name`` and ``<y_name>_ungated``, writing ``y_name``."""
+    b = _Builder()
+    n_out = gates[0].n_out
+    x = _flatten(b, x_name, x_dims, int(gates[0].lo.size), "x_flat")
+    y = _flatten(b, y_name + UNGATED_SUFFIX, y_dims, n_out, "y_flat")
+    boxes: dict[bytes, str] = {}
+    for g, gate in enumerate(gates):
+        const = gate.constants()
+        key = const["lo"].tobytes() + const["hi"].tobytes()
+        if key not in boxes:
+            j = len(boxes)
+            below = b.node("Sub", f"box{j}/below", [b.const(f"box{j}/lo", const["lo"]), x])
+            above = b.node("Sub", f"box{j}/above", [x, b.const(f"box{j}/hi", const["hi"])])
+            outside = b.node("Max", f"box{j}/outside", [below, above])
+            boxes[key] = b.node("Relu", f"box{j}/relu", [outside])
+        scale, c = b.const(f"g{g}/scale", const["scale"]), b.const(f"g{g}/c", const["c"])
+        shift = b.node("Gemm", f"g{g}/shift", [boxes[key], scale, c])
+        t = b.node("Gemm", f"g{g}/t", [y, b.const(f"g{g}/C", const["C"]), shift])
+        if len(gate.b) > 1:
+            op = "ReduceMax" if gate.direction == "min" else "ReduceMin"
+            t = b.node(op, f"g{g}/T", [t], axes=[1], keepdims=1)
+        masked = b.node("Add", f"g{g}/mask", [t, b.const(f"g{g}/mask", const["mask"])])
+        last = g == len(gates) - 1 and len(y_dims) == 2
+        op = "Min" if gate.direction == "min" else "Max"
+        y = b.node(op, f"g{g}/apply", [y, masked], out=y_name if last else None)
+    if len(y_dims) != 2:
+        target = [-1, *y_dims[1:]] if len(y_dims) > 2 else [int(d) for d in y_dims]
+        shape = b.const("y_shape", np.array(target, dtype=np.int64))
+        b.node("Reshape", "y_out", [y, shape], out=y_name)
+    return b.nodes, b.inits
+
+
+def append_gates(model: onnx.ModelProto, gates: list[GateSpec]) -> onnx.ModelProto:
+    """A copy of ``model`` with the gates after its output (the model itself if no gates)."""
+    if not gates:
+        return model
+    gated = onnx.ModelProto()
+    gated.CopyFrom(model)
+    graph = gated.graph
+    out = graph.output[0]
+    ungated = out.name + UNGATED_SUFFIX
+    _rename(graph, out.name, ungated)
+    data = _data_input(gated)
+    nodes, inits = gate_nodes(gates, data.name, _dims(data), out.name, _dims(out))
+    graph.node.extend(nodes)
+    graph.initializer.extend(inits)
+    onnx.checker.check_model(gated, full_check=True)
+    return gated
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    for info in graph.value_info:
+        if info.name == old:
+            info.name = new
+
+
+def gate_part(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The gate nodes and constants of a gated model, in file order."""
+    nodes = [n for n in model.graph.node if n.name.startswith(PREFIX)]
+    inits = [i for i in model.graph.initializer if i.name.startswith(PREFIX)]
+    return nodes, inits
+
+
+def strip_gates(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The ungated core: gate nodes removed, ``<out>_ungated`` renamed back to ``<out>``."""
+    core = onnx.ModelProto()
+    core.CopyFrom(model)
+    graph = core.graph
+    nodes, _ = gate_part(core)
+    if not nodes:
+        return core
+    out = graph.output[0].name
+    ungated = out + UNGATED_SUFFIX
+    keep = [n for n in graph.node if not n.name.startswith(PREFIX)]
+    if not any(ungated in n.output for n in keep):
+        raise BundleError(f"the model has gate nodes but no tensor {ungated!r} to strip them from")
+    for node in keep:
+        if any(name.startswith(PREFIX) for name in [*node.input, *node.output]):
+            raise BundleError(f"node {node.name!r} ({node.op_type}) reads or writes a gate tensor")
+    del graph.node[:]
+    graph.node.extend(keep)
+    _rename(graph, ungated, out)
+    inits = [i for i in graph.initializer if not i.name.startswith(PREFIX)]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    return core
