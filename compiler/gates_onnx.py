@@ -7,12 +7,17 @@ original.  Per distinct input box ``j`` (``x`` flattened to ``(N, n_in)``):
 
     r_j = Relu(Max(Sub(lo_j, x), Sub(x, hi_j)))          # 0 exactly inside the box
 
-and per gate ``g`` (in order; ``y`` is the output so far, ``(N, n_out)``):
+and per stage ``s`` (in order; ``y`` is the output so far, ``(N, n_out)``):
 
-    shift = Gemm(r_j, scale_g, c_g)      # c_g + M dist(x), column per row of the polytope
-    t     = Gemm(y, C_g, shift)          # t_r -/+ delta (+/- M dist)
-    T     = ReduceMax(t) | ReduceMin(t)  # omitted for one row
-    y     = Min(y, Add(T, mask_g)) | Max(...)  # mask: 0 at k, +-inf elsewhere
+    shift = Gemm(r_j, scale_s, c_s)      # c_s + M dist(x), column per row of the polytope
+    t     = Gemm(y, C_s, shift)          # t_r -/+ delta (+/- M dist)
+    T     = ReduceMax(t) | ReduceMin(t)  # gates with several rows only
+    y     = Min(y, Add(T, mask_s)) | Max(...)  # mask: 0 at k, +-inf elsewhere
+
+A stage is one gate with several rows, or several one-row gates that commute
+(e.g. the nine ``Y_j <- min(Y_j, Y_c - delta)`` of an MNIST robustness
+property): their thresholds then sit in column ``k`` of one Gemm, so nine
+gates cost the four nodes of one.
 
 Every shape keeps the batch axis, so the gated model runs on any batch size
 the network does.
@@ -70,6 +75,53 @@ def _flatten(b: _Builder, tensor: str, dims: list[int | str], size: int, name: s
     return b.node("Reshape", name, [tensor, shape])
 
 
+def stages(gates: list[GateSpec]) -> list[list[GateSpec]]:
+    """Gates grouped into stages that run as one: consecutive one-row gates on the same
+    box and direction, on distinct outputs, none reading an output an earlier one of the
+    group changes (so applying them at once equals applying them in order).  A gate with
+    several rows is a stage of its own."""
+    groups: list[list[GateSpec]] = []
+    for gate in gates:
+        last = groups[-1] if groups else []
+        if (
+            last
+            and len(gate.b) == 1
+            and len(last[0].b) == 1
+            and gate.direction == last[0].direction
+            and np.array_equal(gate.lo, last[0].lo)
+            and np.array_equal(gate.hi, last[0].hi)
+            and all(g.k != gate.k and gate.A[0, g.k] == 0.0 for g in last)
+        ):
+            last.append(gate)
+        else:
+            groups.append([gate])
+    return groups
+
+
+def stage_constants(stage: list[GateSpec]) -> dict[str, np.ndarray]:
+    """A stage's float32 constants; one-row stages lay their thresholds out per output
+    (column ``k`` holds gate ``k``'s row; other columns are 0, masked by +-inf)."""
+    first = stage[0].constants()
+    if len(stage[0].b) > 1:
+        return first
+    n_out, n_in = stage[0].n_out, stage[0].lo.size
+    merged = {
+        "lo": first["lo"],
+        "hi": first["hi"],
+        "scale": np.zeros((n_in, n_out), np.float32),
+        "C": np.zeros((n_out, n_out), np.float32),
+        "c": np.zeros(n_out, np.float32),
+        "mask": np.full((1, n_out), np.inf * -stage[0].sign, np.float32),
+    }
+    for gate in stage:
+        const = gate.constants()
+        merged["scale"][:, gate.k] = const["scale"][:, 0]
+        merged["C"][:, gate.k] = const["C"][:, 0]
+        merged["c"][gate.k] = const["c"][0]
+        merged["mask"][0, gate.k] = 0.0
+    return merged
+
+
 def gate_nodes(
     gates: list[GateSpec],
     x_name: str,
@@ -83,8 +135,9 @@ def gate_nodes(
     x = _flatten(b, x_name, x_dims, int(gates[0].lo.size), "x_flat")
     y = _flatten(b, y_name + UNGATED_SUFFIX, y_dims, n_out, "y_flat")
     boxes: dict[bytes, str] = {}
-    for g, gate in enumerate(gates):
-        const = gate.constants()
+    groups = stages(gates)
+    for s, stage in enumerate(groups):
+        const = stage_constants(stage)
         key = const["lo"].tobytes() + const["hi"].tobytes()
         if key not in boxes:
             j = len(boxes)
@@ -92,16 +145,17 @@ def gate_nodes(
             above = b.node("Sub", f"box{j}/above", [x, b.const(f"box{j}/hi", const["hi"])])
             outside = b.node("Max", f"box{j}/outside", [below, above])
             boxes[key] = b.node("Relu", f"box{j}/relu", [outside])
-        scale, c = b.const(f"g{g}/scale", const["scale"]), b.const(f"g{g}/c", const["c"])
-        shift = b.node("Gemm", f"g{g}/shift", [boxes[key], scale, c])
-        t = b.node("Gemm", f"g{g}/t", [y, b.const(f"g{g}/C", const["C"]), shift])
-        if len(gate.b) > 1:
-            op = "ReduceMax" if gate.direction == "min" else "ReduceMin"
-            t = b.node(op, f"g{g}/T", [t], axes=[1], keepdims=1)
-        masked = b.node("Add", f"g{g}/mask", [t, b.const(f"g{g}/mask", const["mask"])])
-        last = g == len(gates) - 1 and len(y_dims) == 2
-        op = "Min" if gate.direction == "min" else "Max"
-        y = b.node(op, f"g{g}/apply", [y, masked], out=y_name if last else None)
+        scale, c = b.const(f"s{s}/scale", const["scale"]), b.const(f"s{s}/c", const["c"])
+        shift = b.node("Gemm", f"s{s}/shift", [boxes[key], scale, c])
+        t = b.node("Gemm", f"s{s}/t", [y, b.const(f"s{s}/C", const["C"]), shift])
+        direction = stage[0].direction
+        if len(stage[0].b) > 1:
+            op = "ReduceMax" if direction == "min" else "ReduceMin"
+            t = b.node(op, f"s{s}/T", [t], axes=[1], keepdims=1)
+        masked = b.node("Add", f"s{s}/mask", [t, b.const(f"s{s}/mask", const["mask"])])
+        last = s == len(groups) - 1 and len(y_dims) == 2
+        op = "Min" if direction == "min" else "Max"
+        y = b.node(op, f"s{s}/apply", [y, masked], out=y_name if last else None)
     if len(y_dims) != 2:
         target = [-1, *y_dims[1:]] if len(y_dims) > 2 else [int(d) for d in y_dims]
         shape = b.const("y_shape", np.array(target, dtype=np.int64))

@@ -14,13 +14,15 @@ from test_verify import spec, tiny_net
 
 from relugate.compiler.certificate import sha256_file
 from relugate.compiler.compile import CompileOptions, compile_model
+from relugate.compiler.exporter import to_onnx
 from relugate.compiler.fidelity import symbolic_batch
 from relugate.compiler.frontend import load_model
 from relugate.compiler.gates_onnx import append_gates, gate_part, strip_gates
 from relugate.compiler.importer import import_network
-from relugate.compiler.network import TensorSpec
+from relugate.compiler.layers import Dense, Relu
+from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_run import run_batch
-from relugate.compiler.spec import Case, read_vnnlib
+from relugate.compiler.spec import Case, parse_vnnlib, read_vnnlib
 from relugate.compiler.verify import float32_inside
 from relugate.passes.analysis.attack import margin_objective
 from relugate.passes.analysis.gate_design import design_gates, evaluate_gates
@@ -37,10 +39,12 @@ def gated_compile(tmp_path: Path, *specs: Path) -> tuple[Path, Path, dict]:
     return model, out, result.report
 
 
-def run_gated(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def run_gated(model: onnx.ModelProto, x: np.ndarray, width: int = 2) -> np.ndarray:
     batched = symbolic_batch(model)
     assert batched is not None
-    return run_batch(batched, TensorSpec("x", (len(x), 2), True, "N"), x).astype(np.float64)
+    out = run_batch(batched, TensorSpec("x", (len(x), 2), True, "N"), x).astype(np.float64)
+    assert out.shape == (len(x), width)
+    return out
 
 
 def pgd_points(model: Path, case: Case, starts: int, rng: np.random.Generator) -> np.ndarray:
@@ -76,20 +80,20 @@ def test_golden_nodes_of_one_gate(tmp_path: Path) -> None:
         ("Sub", "box0/above"),
         ("Max", "box0/outside"),
         ("Relu", "box0/relu"),
-        ("Gemm", "g0/shift"),
-        ("Gemm", "g0/t"),
-        ("ReduceMax", "g0/T"),
-        ("Add", "g0/mask"),
-        ("Min", "g0/apply"),
+        ("Gemm", "s0/shift"),
+        ("Gemm", "s0/t"),
+        ("ReduceMax", "s0/T"),
+        ("Add", "s0/mask"),
+        ("Min", "s0/apply"),
     ]
     assert list(nodes[0].input) == ["relugate_gate/box0/lo", "x"]
     assert nodes[5].input[0] == "y_ungated" and list(nodes[-1].output) == ["y"]
     value = {c.name.removeprefix("relugate_gate/"): onnx.numpy_helper.to_array(c) for c in consts}
-    np.testing.assert_array_equal(value["g0/C"], [[0, 0], [1, 0]])
+    np.testing.assert_array_equal(value["s0/C"], [[0, 0], [1, 0]])
     np.testing.assert_array_equal(
-        value["g0/c"], np.float32([-gates[0].delta, 0.2 - gates[0].delta])
+        value["s0/c"], np.float32([-gates[0].delta, 0.2 - gates[0].delta])
     )
-    np.testing.assert_array_equal(value["g0/mask"], [[0, np.inf]])
+    np.testing.assert_array_equal(value["s0/mask"], [[0, np.inf]])
     assert {c.data_type for c in consts} == {onnx.TensorProto.FLOAT}
     assert [o.name for o in gated.graph.output] == ["y"]
     onnx.checker.check_model(gated, full_check=True)
@@ -110,6 +114,33 @@ def test_gated_model_computes_the_formula(tmp_path: Path) -> None:
         want = evaluate_gates(gates, x.astype(np.float64), y)
         np.testing.assert_allclose(run_gated(append_gates(core, gates), x), want, atol=1e-5)
     assert (run_gated(append_gates(core, gates), far) == run_gated(core, far)).all()
+
+
+def test_commuting_gates_share_one_stage(tmp_path: Path) -> None:
+    """MNIST-style: 'Y_1 or Y_2 reaches Y_0' gives two one-row gates in one stage."""
+    first = Dense("h", weight=np.array([[1.0, 1.0], [1.0, -1.0]]), bias=np.zeros(2))
+    second = Dense("o", weight=np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]), bias=np.zeros(3))
+    layers = (first, Relu("r"), second)
+    net = Network(TensorSpec("x", (1, 2), True), TensorSpec("y", (1, 3), True), layers)
+    core = to_onnx(net)
+    text = spec(tmp_path, -1, 1, "(or (>= Y_1 Y_0) (>= Y_2 Y_0))").read_text()
+    prop = parse_vnnlib("(declare-const Y_2 Real)\n" + text)
+    ranges = [[(np.full(3, -3.0), np.full(3, 3.0))]]
+    gates = design_gates([prop], [True], ranges)
+    assert [g.formula().split(" - ")[0] for g in gates] == [
+        "Y_1 <- min(Y_1, Y_0",
+        "Y_2 <- min(Y_2, Y_0",
+    ]
+    gated = append_gates(core, gates)
+    nodes, consts = gate_part(gated)
+    assert [n.op_type for n in nodes] == ["Sub", "Sub", "Max", "Relu", "Gemm", "Gemm", "Add", "Min"]
+    value = {c.name.removeprefix("relugate_gate/"): onnx.numpy_helper.to_array(c) for c in consts}
+    np.testing.assert_array_equal(value["s0/C"], [[0, 1, 1], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(value["s0/mask"], [[np.inf, 0, 0]])
+    x = np.random.default_rng(4).uniform(-1.2, 1.2, (5000, 2)).astype(np.float32)
+    y = run_gated(core, x, width=3)
+    want = evaluate_gates(gates, x.astype(np.float64), y)
+    np.testing.assert_allclose(run_gated(gated, x, width=3), want, atol=1e-5)
 
 
 # --- soundness --------------------------------------------------------------------
@@ -194,7 +225,7 @@ def test_check_passes_then_catches_tampering(tmp_path: Path) -> None:
     pristine_model, pristine_cert = model_file.read_bytes(), cert_file.read_text()
 
     model = onnx.load(str(model_file))
-    const = next(i for i in model.graph.initializer if i.name == "relugate_gate/g0/c")
+    const = next(i for i in model.graph.initializer if i.name == "relugate_gate/s0/c")
     const.CopyFrom(onnx.numpy_helper.from_array(np.float32([0.5, 0.5]), const.name))
     onnx.save(model, str(model_file))
     bad = invoke("check", out)
