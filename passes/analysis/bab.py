@@ -58,7 +58,11 @@ def refuted(
 
 def split(lo: np.ndarray, hi: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bisect every box along its most influential input."""
-    dim = (np.abs(coeffs) * (hi - lo)).argmax(axis=1)
+    return bisect(lo, hi, (np.abs(coeffs) * (hi - lo)).argmax(axis=1))
+
+
+def bisect(lo: np.ndarray, hi: np.ndarray, dim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row box cut in two along side ``dim[row]``: all left halves, then all right."""
     rows = np.arange(len(lo))
     mid = (lo[rows, dim] + hi[rows, dim]) / 2
     left_hi, right_lo = hi.copy(), lo.copy()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from relugate.passes.analysis.bab import bisect
 from relugate.passes.analysis.bounds import Bounds, as_batch
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.lp_encoding import forward_steps
@@ -117,16 +118,6 @@ def smear_dims(
     return np.argmax(np.where(score.max(axis=1, keepdims=True) > 0, score, widest), axis=1)
 
 
-def _bisect(lo: np.ndarray, hi: np.ndarray, dim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row box cut in two along side ``dim[row]``."""
-    rows = np.arange(len(lo))
-    mid = (lo[rows, dim] + hi[rows, dim]) / 2
-    left_hi, right_lo = hi.copy(), lo.copy()
-    left_hi[rows, dim] = mid
-    right_lo[rows, dim] = mid
-    return np.vstack([lo, right_lo]), np.vstack([left_hi, hi])
-
-
 def _concat(a: Bounds, b: Bounds) -> Bounds:
     lo = [np.vstack([x, y]) for x, y in zip(a.lo, b.lo, strict=True)]
     hi = [np.vstack([x, y]) for x, y in zip(a.hi, b.hi, strict=True)]
@@ -159,7 +150,7 @@ def split_bounds(
         # the sub-boxes with most open units first, as many as the budget allows
         pick = np.argsort(-need, kind="stable")[: min(np.sum(need > 0), max_boxes - parts.boxes)]
         dims = smear_dims(steps, parts, pick, opened, scale)
-        p_lo, p_hi = _bisect(parts.lo[0][pick], parts.hi[0][pick], dims)
+        p_lo, p_hi = bisect(parts.lo[0][pick], parts.hi[0][pick], dims)
         keep = np.ones(parts.boxes, dtype=bool)
         keep[pick] = False
         parts = _concat(parts.select(keep), analysis(steps, p_lo, p_hi))
