@@ -44,6 +44,9 @@ example: $(VENV)/.core
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
-## bench: run the benchmarks; JSON and Markdown results land in benchmarks/results/
+## bench: run every benchmark (hours: verification gives each instance its full
+## timeout); JSON and Markdown results land in benchmarks/results/.
+## One of them: make bench BENCH=stability
+BENCH ?=
 bench: $(VENV)/.dev
-	$(BIN)/python -m benchmarks.frontend
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m benchmarks $(BENCH)
