@@ -1,9 +1,10 @@
 """Fidelity of a gated model: how often it agrees with the original.
 
 On uniform samples of each case box (float32 values inside the box), both
-models run in onnxruntime; per property: the fraction with the same argmax and
-the fraction whose outputs agree within ``1e-5 * max(1, |y|)`` everywhere, over
-all samples and over those where the original is safe.  The gated outputs are
+models run in onnxruntime; per property: the fraction with the same argmax (and
+argmin: ACAS Xu advises the minimal score) and the fraction whose outputs agree
+within ``1e-5 * max(1, |y|)`` everywhere, over all samples and over those where
+the original is safe (None when there are none).  The gated outputs are
 also checked against the unsafe sets: the proof says none can be unsafe.
 """
 
@@ -58,12 +59,14 @@ def run_any(model: onnx.ModelProto | str, spec: TensorSpec, x: np.ndarray) -> np
     return run_batch(proto, spec, x)
 
 
-def _rates(original: np.ndarray, gated: np.ndarray) -> tuple[float, float]:
+def _rates(original: np.ndarray, gated: np.ndarray) -> tuple[float | None, ...]:
+    """Fractions with the same argmax, the same argmin, all outputs close (None: no rows)."""
     if len(original) == 0:
-        return 1.0, 1.0
+        return None, None, None
     same = np.argmax(original, axis=1) == np.argmax(gated, axis=1)
+    same_min = np.argmin(original, axis=1) == np.argmin(gated, axis=1)
     close = mismatch(original, gated).max(axis=1) <= TOLERANCE
-    return float(same.mean()), float(close.mean())
+    return float(same.mean()), float(same_min.mean()), float(close.mean())
 
 
 def property_fidelity(
@@ -86,8 +89,8 @@ def property_fidelity(
         y1s.append(y1)
         safe.append(~case.is_unsafe(y0))
     y0, y1, ok = np.concatenate(y0s), np.concatenate(y1s), np.concatenate(safe)
-    same, close = _rates(y0, y1)
-    safe_same, safe_close = _rates(y0[ok], y1[ok])
+    same, same_min, close = _rates(y0, y1)
+    safe_same, safe_min, safe_close = _rates(y0[ok], y1[ok])
     if unsafe_gated:
         raise EquivalenceError(
             f"internal error: {unsafe_gated} sampled outputs of the gated model are unsafe for "
@@ -97,9 +100,11 @@ def property_fidelity(
         "source": prop.source,
         "samples": len(y0),
         "same_argmax": same,
+        "same_argmin": same_min,  # the advisory of ACAS Xu is the minimal score
         "close": close,
         "original_safe_samples": int(ok.sum()),
         "safe_same_argmax": safe_same,
+        "safe_same_argmin": safe_min,
         "safe_close": safe_close,
         "unsafe_gated": unsafe_gated,
     }

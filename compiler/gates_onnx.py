@@ -3,16 +3,21 @@
 The network's output tensor ``<out>`` is renamed ``<out>_ungated``; nodes named
 ``relugate_gate/...`` (opset 17, float32 constants) read it and the model
 input and write ``<out>`` again, so names and shapes stay those of the
-original.  Per distinct input box ``j`` (``x`` flattened to ``(N, n_in)``):
+original.  Per distinct input box ``j`` (``x`` flattened to ``(N, n_in)``, by the
+network's own ``Flatten`` where it has one):
 
-    r_j = Relu(Max(Sub(lo_j, x), Sub(x, hi_j)))          # 0 exactly inside the box
+    r_j = Relu(Gemm(x, [-I, I], [lo_j, -hi_j]))   # [lo - x, x - hi]^+: 0 exactly inside
 
 and per stage ``s`` (in order; ``y`` is the output so far, ``(N, n_out)``):
 
     shift = Gemm(r_j, scale_s, c_s)      # c_s + M dist(x), column per row of the polytope
     t     = Gemm(y, C_s, shift)          # t_r -/+ delta (+/- M dist)
-    T     = ReduceMax(t) | ReduceMin(t)  # gates with several rows only
-    y     = Min(y, Add(T, mask_s)) | Max(...)  # mask: 0 at k, +-inf elsewhere
+    T     = ReduceMax(t) | ReduceMin(t)  # gates with several rows only,
+    t     = Gemm(T, ones, mask_s)        #   spread to (N, n_out): T at k, +-inf elsewhere
+    y     = Min(y, t) | Max(y, t)
+
+(One Gemm instead of two Subs and a Max, and Gemm instead of a broadcast Add:
+onnxruntime's broadcasting kernels took 2-3x longer at batch 1024.)
 
 A stage is one gate with several rows, or several one-row gates that commute
 (e.g. the nine ``Y_j <- min(Y_j, Y_c - delta)`` of an MNIST robustness
@@ -69,10 +74,22 @@ class _Builder:
 
 
 def _flatten(b: _Builder, tensor: str, dims: list[int | str], size: int, name: str) -> str:
+    """``tensor`` as ``(N, size)``."""
     if len(dims) == 2:
         return tensor
-    shape = b.const(f"{name}_shape", np.array([-1, size], dtype=np.int64))
+    if len(dims) > 2:
+        return b.node("Flatten", name, [tensor], axis=1)
+    shape = b.const(f"{name}_shape", np.array([1, size], dtype=np.int64))
     return b.node("Reshape", name, [tensor, shape])
+
+
+def _core_flatten(graph: onnx.GraphProto, x_name: str) -> str | None:
+    """The output of a ``Flatten(axis=1)`` the network already applies to its input."""
+    for node in graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if node.op_type == "Flatten" and list(node.input) == [x_name] and axis == 1:
+            return str(node.output[0])
+    return None
 
 
 def stages(gates: list[GateSpec]) -> list[list[GateSpec]]:
@@ -98,68 +115,79 @@ def stages(gates: list[GateSpec]) -> list[list[GateSpec]]:
     return groups
 
 
+def box_constants(gate: GateSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``W, b`` of ``Gemm(x, W, b) = [lo - x, x - hi]``: each column one exact product by
+    -+1 and one rounded addition, so its sign is right and it is 0 inside the box."""
+    const = gate.constants()
+    n_in = gate.lo.size
+    W = np.concatenate([-np.eye(n_in), np.eye(n_in)], axis=1).astype(np.float32)
+    return W, np.concatenate([const["lo"][0], -const["hi"][0]]).astype(np.float32)
+
+
 def stage_constants(stage: list[GateSpec]) -> dict[str, np.ndarray]:
-    """A stage's float32 constants; one-row stages lay their thresholds out per output
-    (column ``k`` holds gate ``k``'s row; other columns are 0, masked by +-inf)."""
+    """A stage's float32 constants.  One-row stages lay thresholds out per output:
+    column ``k`` holds gate ``k``'s row, the other columns have bias +-inf, so their
+    threshold is +-inf and ``Min``/``Max`` keeps them.  A gate with several rows
+    reduces its rows, then spreads ``T`` with ``Gemm(T, ones, mask)`` (0 at k)."""
     first = stage[0].constants()
     if len(stage[0].b) > 1:
-        return first
+        return first | {
+            "scale": np.concatenate([first["scale"], first["scale"]]),
+            "ones": np.ones((1, stage[0].n_out), np.float32),
+            "mask": first["mask"][0],
+        }
     n_out, n_in = stage[0].n_out, stage[0].lo.size
     merged = {
-        "lo": first["lo"],
-        "hi": first["hi"],
-        "scale": np.zeros((n_in, n_out), np.float32),
+        "scale": np.zeros((2 * n_in, n_out), np.float32),
         "C": np.zeros((n_out, n_out), np.float32),
-        "c": np.zeros(n_out, np.float32),
-        "mask": np.full((1, n_out), np.inf * -stage[0].sign, np.float32),
+        "c": np.full(n_out, np.inf * -stage[0].sign, np.float32),
     }
     for gate in stage:
         const = gate.constants()
-        merged["scale"][:, gate.k] = const["scale"][:, 0]
+        merged["scale"][:, gate.k] = np.concatenate([const["scale"][:, 0]] * 2)
         merged["C"][:, gate.k] = const["C"][:, 0]
         merged["c"][gate.k] = const["c"][0]
-        merged["mask"][0, gate.k] = 0.0
     return merged
 
 
 def gate_nodes(
     gates: list[GateSpec],
-    x_name: str,
-    x_dims: list[int | str],
-    y_name: str,
-    y_dims: list[int | str],
+    x_flat: str | None,
+    x: tuple[str, list[int | str]],
+    y: tuple[str, list[int | str]],
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The gate subgraph reading ``x_name`` and ``<y_name>_ungated``, writing ``y_name``."""
+    """The gate subgraph reading the input ``x`` (or its flattened form ``x_flat``) and
+    ``<y>_ungated``, writing ``y``."""
     b = _Builder()
-    n_out = gates[0].n_out
-    x = _flatten(b, x_name, x_dims, int(gates[0].lo.size), "x_flat")
-    y = _flatten(b, y_name + UNGATED_SUFFIX, y_dims, n_out, "y_flat")
+    (x_name, x_dims), (y_name, y_dims) = x, y
+    flat_x = x_flat or _flatten(b, x_name, x_dims, int(gates[0].lo.size), "x_flat")
+    cur = _flatten(b, y_name + UNGATED_SUFFIX, y_dims, gates[0].n_out, "y_flat")
     boxes: dict[bytes, str] = {}
     groups = stages(gates)
     for s, stage in enumerate(groups):
-        const = stage_constants(stage)
-        key = const["lo"].tobytes() + const["hi"].tobytes()
+        W, bias = box_constants(stage[0])
+        key = bias.tobytes()
         if key not in boxes:
             j = len(boxes)
-            below = b.node("Sub", f"box{j}/below", [b.const(f"box{j}/lo", const["lo"]), x])
-            above = b.node("Sub", f"box{j}/above", [x, b.const(f"box{j}/hi", const["hi"])])
-            outside = b.node("Max", f"box{j}/outside", [below, above])
-            boxes[key] = b.node("Relu", f"box{j}/relu", [outside])
+            sides = [flat_x, b.const(f"box{j}/W", W), b.const(f"box{j}/b", bias)]
+            boxes[key] = b.node("Relu", f"box{j}/outside", [b.node("Gemm", f"box{j}/sides", sides)])
+        const = stage_constants(stage)
         scale, c = b.const(f"s{s}/scale", const["scale"]), b.const(f"s{s}/c", const["c"])
         shift = b.node("Gemm", f"s{s}/shift", [boxes[key], scale, c])
-        t = b.node("Gemm", f"s{s}/t", [y, b.const(f"s{s}/C", const["C"]), shift])
+        t = b.node("Gemm", f"s{s}/t", [cur, b.const(f"s{s}/C", const["C"]), shift])
         direction = stage[0].direction
         if len(stage[0].b) > 1:
             op = "ReduceMax" if direction == "min" else "ReduceMin"
-            t = b.node(op, f"s{s}/T", [t], axes=[1], keepdims=1)
-        masked = b.node("Add", f"s{s}/mask", [t, b.const(f"s{s}/mask", const["mask"])])
+            T = b.node(op, f"s{s}/T", [t], axes=[1], keepdims=1)
+            spread = [T, b.const(f"s{s}/ones", const["ones"]), b.const(f"s{s}/mask", const["mask"])]
+            t = b.node("Gemm", f"s{s}/spread", spread)
         last = s == len(groups) - 1 and len(y_dims) == 2
         op = "Min" if direction == "min" else "Max"
-        y = b.node(op, f"s{s}/apply", [y, masked], out=y_name if last else None)
+        cur = b.node(op, f"s{s}/apply", [cur, t], out=y_name if last else None)
     if len(y_dims) != 2:
         target = [-1, *y_dims[1:]] if len(y_dims) > 2 else [int(d) for d in y_dims]
         shape = b.const("y_shape", np.array(target, dtype=np.int64))
-        b.node("Reshape", "y_out", [y, shape], out=y_name)
+        b.node("Reshape", "y_out", [cur, shape], out=y_name)
     return b.nodes, b.inits
 
 
@@ -174,7 +202,8 @@ def append_gates(model: onnx.ModelProto, gates: list[GateSpec]) -> onnx.ModelPro
     ungated = out.name + UNGATED_SUFFIX
     _rename(graph, out.name, ungated)
     data = _data_input(gated)
-    nodes, inits = gate_nodes(gates, data.name, _dims(data), out.name, _dims(out))
+    flat = _core_flatten(graph, data.name)
+    nodes, inits = gate_nodes(gates, flat, (data.name, _dims(data)), (out.name, _dims(out)))
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     onnx.checker.check_model(gated, full_check=True)
