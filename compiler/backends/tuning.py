@@ -1,0 +1,144 @@
+"""MetaSchedule tuning with a wall-clock budget and a reusable database folder.
+
+MetaSchedule bounds tuning by trial counts only; here a measure callback
+terminates every task once the budget is spent, so ``seconds`` is a real
+bound (give or take the batch of candidates being measured).  Records go to
+a JSON database in ``db_dir`` (``database_workload.json``,
+``database_tuning_record.json``); a later run with the same folder starts its
+search from them, and ``apply`` alone (``seconds=0``) reuses them without
+tuning.
+
+Needs psutil and cloudpickle (MetaSchedule's process pools) and, for the
+XGBoost cost model, xgboost: ``pip install 'relugate[tune]'``.  Without
+xgboost the search falls back to a random cost model (and says so).
+apache-tvm-ffi must be 0.1.14.post1: newer releases crash MetaSchedule.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from relugate.compiler.errors import RelugateError
+
+TRIALS_PER_ITER = 32
+MAX_TRIALS = 100_000  # the time budget, not this, ends tuning
+
+
+@dataclass
+class TuneReport:
+    seconds_budget: float
+    seconds: float
+    trials: int
+    tasks: int
+    tasks_with_records_before: int
+    cost_model: str
+    database: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _require_tuning_packages() -> str:
+    missing = [m for m in ("psutil", "cloudpickle") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RelugateError(
+            f"MetaSchedule tuning needs {', '.join(missing)}: pip install 'relugate[tune]'"
+        )
+    return "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
+
+
+def legalize(mod: Any, target: Any) -> Any:
+    """Relax ops to fused TIR functions: what MetaSchedule extracts its tasks from."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.get_pipeline("zero"),
+            ]
+        )(mod)
+
+
+def _deadline_callback(deadline: float, counter: list[int]) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    @ms.utils.derived_object
+    class Deadline(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler: Any, task_id: int, candidates: Any, builds: Any,
+                  results: Any) -> None:  # fmt: skip
+            counter[0] += len(results)
+            if time.monotonic() < deadline:
+                return
+            for i, record in enumerate(task_scheduler.tasks_):
+                if not record.is_terminated:
+                    task_scheduler.terminate_task(i)
+
+    return Deadline()
+
+
+def _records_before(database: Any, contexts: list[Any]) -> int:
+    found = 0
+    for ctx in contexts:
+        if database.has_workload(ctx.mod):
+            found += bool(database.get_top_k(database.commit_workload(ctx.mod), 1))
+    return found
+
+
+def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, TuneReport]:
+    """Tune the legalized ``mod`` for ``seconds`` into ``db_dir``; return it with the best
+    schedules applied (functions without a record keep TVM's default)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    cost_model = _require_tuning_packages()
+    db_dir.mkdir(parents=True, exist_ok=True)
+    mod = legalize(mod, target)
+    start = time.monotonic()
+    database = ms.database.JSONDatabase(work_dir=str(db_dir))
+    extracted = ms.relax_integration.extract_tasks(mod, target)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted, str(db_dir), num_threads=1
+    )
+    before = _records_before(database, contexts)
+    trials = [0]
+    if contexts and seconds > 0:
+        callbacks = [
+            *ms.measure_callback.MeasureCallback.create("default"),
+            _deadline_callback(start + seconds, trials),
+        ]
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(db_dir),
+            max_trials_global=MAX_TRIALS,
+            max_trials_per_task=MAX_TRIALS,
+            num_trials_per_iter=TRIALS_PER_ITER,
+            database=database,
+            cost_model=cost_model,
+            measure_callbacks=callbacks,
+        )
+    report = TuneReport(
+        seconds_budget=float(seconds),
+        seconds=round(time.monotonic() - start, 3),
+        trials=trials[0],
+        tasks=len(contexts),
+        tasks_with_records_before=before,
+        cost_model=cost_model,
+        database=str(db_dir),
+    )
+    return apply(mod, target, db_dir), report
+
+
+def apply(mod: Any, target: Any, db_dir: Path) -> Any:
+    """``mod`` (legalized) with the best records of ``db_dir`` applied."""
+    import tvm
+    from tvm import relax
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        return relax.transform.MetaScheduleApplyDatabase(str(db_dir))(mod)

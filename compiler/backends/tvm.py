@@ -1,0 +1,291 @@
+"""Lower the final ONNX model through TVM Relax to a compiled library.
+
+``lower(model, target, batch, tune_seconds, tuning_db)`` imports the model
+with ``tvm.relax.frontend.onnx.from_onnx`` (batch axis fixed or symbolic),
+optionally tunes it with MetaSchedule (``tuning.py``), and builds it with
+``tvm.compile``.  ``Lowered.export`` writes the library:
+
+- ``llvm``: ``model.so``, loadable here (``Lowered.load()`` runs it in process);
+- ``aarch64``: ``model.so`` linked by ``aarch64-linux-gnu-gcc`` when installed;
+  otherwise ``model.tar`` (the aarch64 objects; link them on the board) and
+  ``Lowered.link_error`` says the cross linker is missing;
+- ``cuda``: ``model.so`` (host code and the CUDA source, which TVM's CUDA
+  runtime JIT-compiles on load through ``tvm_callback_cuda_compile``: NVRTC
+  from cuda-python, or nvcc with ``TVM_CUDA_COMPILE_MODE=nvcc``) and
+  ``model.cu``; with nvcc on PATH, the source is compiled to ``model.fatbin``
+  as a check that it builds.  Running needs a machine with an NVIDIA GPU.
+
+Gated models: when the model holds output gates (nodes ``relugate_gate/...``
+reading ``<out>_ungated``), the ungated output becomes a second output of
+the library, so the runtime can count the inputs on which a gate changed the
+output by comparing the two (no second compile, no extra graph nodes).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from relugate.compiler.backends import tuning
+from relugate.compiler.backends.targets import CROSS_GCC, TargetInfo, resolve_target
+from relugate.compiler.errors import RelugateError, UnsupportedModel
+from relugate.runtime.executor import Executor
+
+BATCH_PARAM = "batch"
+GATE_PREFIX = "relugate_gate/"
+UNGATED_SUFFIX = "_ungated"
+
+
+@dataclass
+class IOSpec:
+    name: str
+    sample_shape: tuple[int, ...]
+    has_batch: bool
+    dtype: str = "float32"
+
+    def shape(self, batch: int | None) -> list[int | str]:
+        if not self.has_batch:
+            return list(self.sample_shape)
+        return [BATCH_PARAM if batch is None else batch, *self.sample_shape]
+
+    def to_json(self, batch: int | None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": self.shape(batch),
+            "sample_shape": list(self.sample_shape),
+            "has_batch": self.has_batch,
+            "dtype": self.dtype,
+        }
+
+
+@dataclass
+class Lowered:
+    executable: Any = field(repr=False)  # tvm.relax.VMExecutable
+    target: TargetInfo
+    batch: int | None
+    input: IOSpec
+    outputs: list[IOSpec]  # the model output, then (gated models) the ungated output
+    gate_nodes: int
+    compile_seconds: float
+    tuning: tuning.TuneReport | None = None
+    cuda_source: str | None = field(default=None, repr=False)
+    link_error: str | None = None  # set by export when the cross linker is missing
+    nvcc: dict[str, Any] | None = None  # set by export for cuda
+
+    @property
+    def gated(self) -> bool:
+        return len(self.outputs) > 1
+
+    def load(self) -> Executor:
+        """Run the library in this process (llvm target only)."""
+        import tvm
+
+        if self.target.name != "llvm":
+            raise RelugateError(f"a {self.target.name} library cannot run on this host")
+        return Executor(self.executable.mod, tvm.cpu(), self.input.sample_shape, self.batch)
+
+    def export(self, out_dir: Path) -> list[str]:
+        """Write the library (and CUDA source) into ``out_dir``; return the file names."""
+        if self.target.name == "aarch64":
+            return [self._export_cross(out_dir)]
+        self.executable.export_library(str(out_dir / "model.so"))
+        if self.target.name != "cuda" or self.cuda_source is None:
+            return ["model.so"]
+        (out_dir / "model.cu").write_text(self.cuda_source)
+        self.nvcc = compile_cuda_source(out_dir / "model.cu", self.target.cuda_arch or "sm_80")
+        names = ["model.so", "model.cu"]
+        return [*names, "model.fatbin"] if self.nvcc.get("ok") else names
+
+    def _export_cross(self, out_dir: Path) -> str:
+        gcc = CROSS_GCC["aarch64"]
+        if shutil.which(gcc):
+            from tvm.support import cc
+
+            fcompile = cc.cross_compiler(gcc)
+            self.executable.export_library(str(out_dir / "model.so"), fcompile=fcompile)
+            return "model.so"
+        # host gcc would fail with "Relocations in generic ELF (EM: 183)": keep the objects
+        self.executable.export_library(str(out_dir / "model.tar"))
+        self.link_error = (
+            f"cross linker {gcc} not found (apt-get install gcc-aarch64-linux-gnu); wrote the "
+            "aarch64 objects as model.tar: link them on the board with "
+            "gcc -shared -o model.so *.o"
+        )
+        return "model.tar"
+
+
+def compile_cuda_source(source: Path, arch: str) -> dict[str, Any]:
+    """Compile ``source`` to a fatbin with nvcc when present (a check that it builds)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return {"ok": False, "message": "nvcc not found; CUDA source exported only"}
+    out = source.with_suffix(".fatbin")
+    cmd = [nvcc, "--fatbin", f"-arch={arch}", "-O3", "-o", str(out), str(source)]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    result: dict[str, Any] = {"ok": proc.returncode == 0}
+    result["seconds"] = round(time.monotonic() - start, 2)
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    result["nvcc"] = version.stdout.strip().splitlines()[-1] if version.stdout else "?"
+    if proc.returncode != 0:
+        result["message"] = proc.stderr[-2000:]
+        out.unlink(missing_ok=True)
+    return result
+
+
+# -- ONNX preparation ---------------------------------------------------------
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [
+        d.dim_param if d.HasField("dim_param") else d.dim_value
+        for d in value.type.tensor_type.shape.dim
+    ]
+
+
+def _spec(value: onnx.ValueInfoProto) -> IOSpec:
+    dims = _dims(value)
+    if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise UnsupportedModel(f"tensor {value.name!r} is not float32")
+    has_batch = len(dims) >= 2 and (isinstance(dims[0], str) or dims[0] == 1)
+    sample = dims[1:] if has_batch else dims
+    if not all(isinstance(d, int) and d > 0 for d in sample):
+        raise UnsupportedModel(f"tensor {value.name!r} has a symbolic non-batch axis: {dims}")
+    return IOSpec(value.name, tuple(int(d) for d in sample), has_batch)
+
+
+def _set_shape(value: onnx.ValueInfoProto, shape: list[int | str]) -> None:
+    value.type.tensor_type.shape.Clear()
+    for d in shape:
+        dim = value.type.tensor_type.shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+
+
+def prepare(model: onnx.ModelProto, batch: int | None) -> tuple[onnx.ModelProto, list[IOSpec]]:
+    """A copy of ``model`` with the batch axis set, and the ungated output exposed."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise UnsupportedModel("TVM lowering supports models with one input and one output")
+    del graph.input[:]
+    graph.input.extend(inputs)  # old exporters list weights as inputs too (ACAS Xu)
+    del graph.value_info[:]  # shapes inferred for another batch size would conflict
+    model.ir_version = max(model.ir_version, 4)  # IR >= 4: weights need not be inputs
+    specs = [_spec(inputs[0]), _spec(graph.output[0])]
+    if batch is not None and not specs[0].has_batch and batch != 1:
+        raise UnsupportedModel(f"input {specs[0].name!r} has no batch axis; use batch=1")
+    ungated = specs[1].name + UNGATED_SUFFIX
+    if any(n.name.startswith(GATE_PREFIX) for n in graph.node) and any(
+        ungated in n.output for n in graph.node
+    ):
+        out = graph.output.add()
+        out.CopyFrom(graph.output[0])
+        out.name = ungated
+        specs.append(IOSpec(ungated, specs[1].sample_shape, specs[1].has_batch))
+    _set_shape(graph.input[0], specs[0].shape(batch))
+    for value, spec in zip(graph.output, specs[1:], strict=True):
+        _set_shape(value, spec.shape(batch))
+    return model, specs
+
+
+def gate_node_count(model: onnx.ModelProto) -> int:
+    return sum(n.name.startswith(GATE_PREFIX) for n in model.graph.node)
+
+
+# -- lowering -----------------------------------------------------------------
+
+
+def import_relax(model: onnx.ModelProto, batch: int | None) -> tuple[Any, list[IOSpec]]:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    prepared, specs = prepare(model, batch)
+    try:
+        with warnings.catch_warnings():  # checker and name-sanitizing chatter
+            warnings.simplefilter("ignore", UserWarning)
+            mod = from_onnx(prepared, keep_params_in_input=False)
+    except Exception as exc:  # the frontend raises anything from ValueError to TVMError
+        hint = " (does the graph fix the batch size, e.g. a Reshape to [1, ...]?)"
+        raise UnsupportedModel(
+            f"TVM cannot import the model: {exc}{hint if batch else ''}"
+        ) from exc
+    return mod, specs
+
+
+def lower(
+    onnx_model: onnx.ModelProto,
+    target: str = "llvm",
+    batch: int | None = None,
+    tune_seconds: float = 0,
+    tuning_db: Path | None = None,
+    *,
+    mcpu: str | None = None,
+    cuda_arch: str = "sm_80",
+    num_cores: int = 1,
+) -> Lowered:
+    """Compile ``onnx_model`` for ``target`` (``llvm`` | ``aarch64`` | ``cuda``).
+
+    ``batch=None`` compiles a symbolic batch axis (any batch size at run time);
+    an int fixes it (MetaSchedule tunes static shapes only).  ``tune_seconds > 0``
+    tunes for about that long into ``tuning_db`` (a folder, reused across runs);
+    with ``tune_seconds=0`` an existing ``tuning_db`` is applied without tuning.
+    """
+    import tvm
+
+    if batch is not None and batch < 1:
+        raise RelugateError(f"batch must be positive, got {batch}")
+    if tune_seconds > 0 and batch is None:
+        raise RelugateError("MetaSchedule tunes fixed shapes only: give a batch size to tune")
+    if tune_seconds > 0 and tuning_db is None:
+        raise RelugateError("tuning needs a database folder (tuning_db)")
+    info = resolve_target(target, mcpu, cuda_arch, num_cores)
+    mod, specs = import_relax(onnx_model, batch)
+    start = time.monotonic()
+    report = None
+    if tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir()):
+        if target == "cuda":
+            raise RelugateError("tuning is implemented for CPU targets only")
+        mod, report = tuning.tune(mod, info.target, tune_seconds, tuning_db)
+    executable = tvm.compile(mod, target=info.target)
+    lowered = Lowered(
+        executable=executable,
+        target=info,
+        batch=batch,
+        input=specs[0],
+        outputs=specs[1:],
+        gate_nodes=gate_node_count(onnx_model),
+        compile_seconds=round(time.monotonic() - start, 3),
+        tuning=report,
+    )
+    if target == "cuda":
+        lowered.cuda_source = _cuda_source(executable)
+    return lowered
+
+
+def _cuda_source(executable: Any) -> str | None:
+    """The CUDA C of the device module (``inspect_source("")``; "cu" returns nothing)."""
+    stack = [executable.mod]
+    while stack:
+        module = stack.pop()
+        if module.kind == "cuda":
+            return str(module.inspect_source(""))
+        stack.extend(module.imports)
+    return None
+
+
+def library_objects(path: Path) -> list[str]:
+    """Member names of an exported ``.tar`` library (the cross-compiled objects)."""
+    with tarfile.open(path) as tar:
+        return tar.getnames()

@@ -1,0 +1,104 @@
+"""The lean call path into a compiled Relax VM: numpy in, numpy out, little in between.
+
+Converting arrays dominated small calls (``tvm.runtime.tensor(x)`` and
+``.numpy()`` cost more than the ACAS Xu kernel itself), so each thread keeps
+its own VM and, per batch size, a preallocated input tensor with a numpy view
+of its memory: a call is one ``np.copyto`` into that view, one VM call, and
+zero-copy numpy views (DLPack) of the outputs the VM allocated for this call.
+
+A Relax VM keeps per-call state, so it is not shared between threads; the
+loaded library (code and weights) is.  Needs only numpy and the TVM runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+MAX_CACHED_BATCHES = 8
+"""Preallocated input tensors kept per thread (one per batch size, least recent dropped)."""
+
+
+class Executor:
+    """Runs ``main`` of a Relax executable on float32 batches ``(n, *sample_shape)``.
+
+    ``batch`` is the library's fixed batch size, or ``None`` when it was
+    compiled with a symbolic batch axis.  A fixed-batch library runs larger
+    batches in chunks (the last one padded by repeating its final row).
+    """
+
+    def __init__(
+        self, module: Any, device: Any, sample_shape: tuple[int, ...], batch: int | None
+    ) -> None:
+        self.module = module
+        self.device = device
+        self.sample_shape = tuple(sample_shape)
+        self.batch = batch
+        self._local = threading.local()
+        self._on_cpu = int(device.dlpack_device_type()) == 1  # kDLCPU
+
+    # -- per-thread state -------------------------------------------------
+    def _state(self) -> tuple[Any, OrderedDict[int, tuple[Any, np.ndarray | None]]]:
+        local = self._local
+        if not hasattr(local, "main"):
+            from tvm.runtime.vm import VirtualMachine
+
+            local.vm = VirtualMachine(self.module, self.device)
+            local.main = local.vm["main"]
+            local.buffers = OrderedDict()
+        return local.main, local.buffers
+
+    def _buffer(
+        self, buffers: OrderedDict[int, tuple[Any, np.ndarray | None]], n: int
+    ) -> tuple[Any, np.ndarray | None]:
+        entry = buffers.get(n)
+        if entry is not None:
+            buffers.move_to_end(n)
+            return entry
+        import tvm
+
+        tensor = tvm.runtime.empty((n, *self.sample_shape), "float32", self.device)
+        view = np.from_dlpack(tensor) if self._on_cpu else None
+        buffers[n] = (tensor, view)
+        if len(buffers) > MAX_CACHED_BATCHES:
+            buffers.popitem(last=False)
+        return tensor, view
+
+    # -- calls ------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """All outputs of the model for ``batch`` (float32, C-contiguous, leading axis n)."""
+        n = len(batch)
+        if self.batch is None or n == self.batch:
+            return self._call(batch)
+        step = self.batch
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, step):
+            chunk = batch[start : start + step]
+            if len(chunk) < step:
+                pad = np.repeat(chunk[-1:], step - len(chunk), axis=0)
+                chunk = np.concatenate([chunk, pad])
+            parts.append([o.copy() for o in self._call(chunk)])
+        return [np.concatenate([p[i] for p in parts])[:n] for i in range(len(parts[0]))]
+
+    def _call(self, batch: np.ndarray) -> list[np.ndarray]:
+        main, buffers = self._state()
+        tensor, view = self._buffer(buffers, len(batch))
+        if view is not None:
+            np.copyto(view, batch, casting="no")
+        else:
+            tensor.copyfrom(batch)
+        result = main(tensor)
+        outputs = list(result) if _is_tuple(result) else [result]
+        return [self._to_numpy(o) for o in outputs]
+
+    def _to_numpy(self, tensor: Any) -> np.ndarray:
+        if self._on_cpu:
+            return np.from_dlpack(tensor)  # zero copy: the VM allocated it for this call
+        return np.asarray(tensor.numpy())
+
+
+def _is_tuple(value: Any) -> bool:
+    return not hasattr(value, "__dlpack__")

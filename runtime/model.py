@@ -1,0 +1,138 @@
+"""A loaded bundle: checked inputs, the out-of-domain policy, counters.
+
+``run(x)`` takes one input shaped like the model input or a batch
+``(n, *sample_shape)`` and returns the output (float32).  Before the library
+runs, the input must be float32/float64 of the right shape without NaN/Inf,
+and each row is compared with the domain: ``reject`` raises ``OutOfDomain``,
+``clamp`` projects the row into the domain, ``flag`` runs it as is and
+reports it (``run_detailed``).  Every call is counted (``stats()``).
+
+Gate firings: a gated bundle's library returns the ungated output too; a
+row fired a gate when the two differ (``gate_fired``), and
+``gate_fired_by_output`` counts, per output element, the rows a gate changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from relugate.runtime.checks import check_batch, check_finite, domain_bounds, outside_domain
+from relugate.runtime.errors import BadInput, OutOfDomain
+from relugate.runtime.executor import Executor
+from relugate.runtime.telemetry import CallCounts, Telemetry
+
+
+@dataclass
+class RunResult:
+    output: np.ndarray
+    out_of_domain: np.ndarray  # bool per input row (before clamping)
+    gate_fired: np.ndarray  # bool per input row; all False without gates
+
+
+class Model:
+    def __init__(self, manifest: dict[str, Any], executor: Executor, path: str = "") -> None:
+        self.manifest = manifest
+        self.path = path
+        self.executor = executor
+        spec = manifest["input"]
+        self.input_name: str = spec["name"]
+        self.sample_shape = tuple(spec["sample_shape"])
+        self.has_batch: bool = spec["has_batch"]
+        self.input_shape = (1, *self.sample_shape) if self.has_batch else self.sample_shape
+        out = manifest["outputs"][0]
+        self.output_name: str = out["name"]
+        self.output_sample_shape = tuple(out["sample_shape"])
+        self.policy: str = manifest["policy"]
+        domain = manifest.get("domain")
+        self.domain = None if domain is None else domain_bounds(domain["lo"], domain["hi"])
+        self.gated = manifest["gates"]["ungated_output"] is not None
+        n_out = int(np.prod(self.output_sample_shape))
+        self.telemetry = Telemetry(n_out)
+
+    def __repr__(self) -> str:
+        t = self.manifest["target"]
+        return (
+            f"<relugate model {self.path!r}: {self.input_name}{list(self.input_shape)} -> "
+            f"{self.output_name}{list(self.output_sample_shape)}, {t['name']} ({t['mcpu']}), "
+            f"policy {self.policy}>"
+        )
+
+    # -- calls --------------------------------------------------------------
+    def run(self, x: object) -> np.ndarray:
+        """The model output for ``x`` (one input, or a batch along axis 0)."""
+        return self.run_detailed(x).output
+
+    def run_detailed(self, x: object) -> RunResult:
+        """Output plus, per input row, whether it was out of domain and fired a gate."""
+        counts = CallCounts()
+        try:
+            result, single = self._run(x, counts)
+        except OutOfDomain:
+            self.telemetry.record(counts)
+            raise
+        except BadInput:
+            counts.bad_inputs += 1
+            self.telemetry.record(counts)
+            raise
+        self.telemetry.record(counts)
+        if single and not self.has_batch:
+            result.output = result.output[0]
+        return result
+
+    def _run(self, x: object, counts: CallCounts) -> tuple[RunResult, bool]:
+        batch, single = check_batch(
+            x, self.input_shape, self.has_batch, self.input_name, finite=self.domain is None
+        )
+        n = len(batch)
+        outside = self._apply_domain(batch, counts)
+        if outside is not None and self.policy == "clamp":
+            lo, hi = self.domain or (None, None)
+            batch = np.clip(batch.reshape(n, -1), lo, hi).reshape(batch.shape)
+        outputs = self.executor.run(batch)
+        output = outputs[0].reshape(n, *self.output_sample_shape)
+        fired = np.zeros(n, dtype=bool)
+        if self.gated:
+            diff = outputs[0].reshape(n, -1) != outputs[1].reshape(n, -1)
+            fired = diff.any(axis=1)
+            counts.gate_fired = int(fired.sum())
+            counts.gate_fired_by_output = diff.sum(axis=0)
+        counts.inputs = n
+        no_rows = np.zeros(n, dtype=bool)
+        return RunResult(output, no_rows if outside is None else outside, fired), single
+
+    def _apply_domain(self, batch: np.ndarray, counts: CallCounts) -> np.ndarray | None:
+        """Rows outside the domain (None when all are inside); enforces ``reject``."""
+        if self.domain is None:
+            return None
+        flat = batch.reshape(len(batch), -1)
+        outside = outside_domain(flat, *self.domain)
+        if not outside.any():
+            return None
+        check_finite(flat, self.input_name, rows=outside)  # NaN/Inf: bad input, not a policy case
+        k = int(outside.sum())
+        counts.out_of_domain = k
+        if self.policy == "reject":
+            counts.rejected = k
+            row = int(np.flatnonzero(outside)[0])
+            lo, hi = self.domain
+            col = int(np.flatnonzero((flat[row] < lo) | (flat[row] > hi))[0])
+            raise OutOfDomain(
+                f"{k} of {len(batch)} input(s) outside the domain (policy reject): row {row}, "
+                f"element {col} = {flat[row, col]!r} not in [{lo[col]!r}, {hi[col]!r}]"
+            )
+        if self.policy == "clamp":
+            counts.clamped = k
+        else:
+            counts.flagged = k
+        return outside
+
+    # -- counters -----------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters since load (or the last ``reset_stats``)."""
+        return self.telemetry.snapshot()
+
+    def reset_stats(self) -> None:
+        self.telemetry.reset()
