@@ -7,6 +7,7 @@ original.  Per distinct input box ``j`` (``x`` flattened to ``(N, n_in)``, by th
 network's own ``Flatten`` where it has one):
 
     r_j = Relu(Gemm(x, [-I, I], [lo_j, -hi_j]))   # [lo - x, x - hi]^+: 0 exactly inside
+    r_j = Relu(Max(Sub(lo_j, x), Sub(x, hi_j)))   # the same, for more than 16 inputs
 
 and per stage ``s`` (in order; ``y`` is the output so far, ``(N, n_out)``):
 
@@ -41,6 +42,10 @@ from relugate.passes.analysis.gate_design import GateSpec
 
 PREFIX = "relugate_gate/"
 UNGATED_SUFFIX = "_ungated"
+GEMM_BOX_MAX_INPUTS = 16
+"""Up to this many inputs the box distance is one Gemm + Relu (faster in onnxruntime
+than two broadcast Subs and a Max); beyond, its identity matrix would cost more
+than the network (784 inputs: 1.2M multiply-adds per sample), so Sub/Sub/Max/Relu."""
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
@@ -124,6 +129,11 @@ def box_constants(gate: GateSpec) -> tuple[np.ndarray, np.ndarray]:
     return W, np.concatenate([const["lo"][0], -const["hi"][0]]).astype(np.float32)
 
 
+def _sides(gate: GateSpec) -> int:
+    """Rows of ``scale`` per input: 2 with the Gemm form of the box, 1 with Sub/Max."""
+    return 2 if gate.lo.size <= GEMM_BOX_MAX_INPUTS else 1
+
+
 def stage_constants(stage: list[GateSpec]) -> dict[str, np.ndarray]:
     """A stage's float32 constants.  One-row stages lay thresholds out per output:
     column ``k`` holds gate ``k``'s row, the other columns have bias +-inf, so their
@@ -132,22 +142,37 @@ def stage_constants(stage: list[GateSpec]) -> dict[str, np.ndarray]:
     first = stage[0].constants()
     if len(stage[0].b) > 1:
         return first | {
-            "scale": np.concatenate([first["scale"], first["scale"]]),
+            "scale": np.concatenate([first["scale"]] * _sides(stage[0])),
             "ones": np.ones((1, stage[0].n_out), np.float32),
             "mask": first["mask"][0],
         }
     n_out, n_in = stage[0].n_out, stage[0].lo.size
     merged = {
-        "scale": np.zeros((2 * n_in, n_out), np.float32),
+        "scale": np.zeros((_sides(stage[0]) * n_in, n_out), np.float32),
         "C": np.zeros((n_out, n_out), np.float32),
         "c": np.full(n_out, np.inf * -stage[0].sign, np.float32),
     }
     for gate in stage:
         const = gate.constants()
-        merged["scale"][:, gate.k] = np.concatenate([const["scale"][:, 0]] * 2)
+        merged["scale"][:, gate.k] = np.concatenate([const["scale"][:, 0]] * _sides(gate))
         merged["C"][:, gate.k] = const["C"][:, 0]
         merged["c"][gate.k] = const["c"][0]
     return merged
+
+
+def _box_nodes(b: _Builder, gate: GateSpec, x: str, j: int) -> str:
+    """``(N, sides * n_in)``, nonnegative, exactly 0 inside the gate's box."""
+    if _sides(gate) == 2:
+        W, bias = box_constants(gate)
+        sides = b.node(
+            "Gemm", f"box{j}/sides", [x, b.const(f"box{j}/W", W), b.const(f"box{j}/b", bias)]
+        )
+        return b.node("Relu", f"box{j}/outside", [sides])
+    const = gate.constants()
+    below = b.node("Sub", f"box{j}/below", [b.const(f"box{j}/lo", const["lo"]), x])
+    above = b.node("Sub", f"box{j}/above", [x, b.const(f"box{j}/hi", const["hi"])])
+    outside = b.node("Max", f"box{j}/outside", [below, above])
+    return b.node("Relu", f"box{j}/relu", [outside])
 
 
 def gate_nodes(
@@ -165,12 +190,9 @@ def gate_nodes(
     boxes: dict[bytes, str] = {}
     groups = stages(gates)
     for s, stage in enumerate(groups):
-        W, bias = box_constants(stage[0])
-        key = bias.tobytes()
+        key = stage[0].lo.tobytes() + stage[0].hi.tobytes()
         if key not in boxes:
-            j = len(boxes)
-            sides = [flat_x, b.const(f"box{j}/W", W), b.const(f"box{j}/b", bias)]
-            boxes[key] = b.node("Relu", f"box{j}/outside", [b.node("Gemm", f"box{j}/sides", sides)])
+            boxes[key] = _box_nodes(b, stage[0], flat_x, len(boxes))
         const = stage_constants(stage)
         scale, c = b.const(f"s{s}/scale", const["scale"]), b.const(f"s{s}/c", const["c"])
         shift = b.node("Gemm", f"s{s}/shift", [boxes[key], scale, c])

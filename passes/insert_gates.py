@@ -104,15 +104,15 @@ def grid(box: Box, pieces: int) -> tuple[np.ndarray, np.ndarray]:
     width = box.width
     while counts.prod() * 2 <= pieces and width.max() > 0:
         counts[int(np.argmax(width / counts))] *= 2
-    edges = [np.linspace(box.lo[i], box.hi[i], counts[i] + 1) for i in range(box.dim)]
-    index = np.stack(np.meshgrid(*[np.arange(c) for c in counts], indexing="ij"), -1)
-    index = index.reshape(-1, box.dim)
-    lo = np.stack([edges[i][index[:, i]] for i in range(box.dim)], axis=1)
-    hi = np.stack([edges[i][index[:, i] + 1] for i in range(box.dim)], axis=1)
-    hi[:, counts == 1] = box.hi[counts == 1]  # exact ends (linspace may round)
-    lo[:, counts == 1] = box.lo[counts == 1]
-    hi = np.minimum(hi, box.hi)
-    lo = np.maximum(lo, box.lo)
+    split = np.flatnonzero(counts > 1)  # at most log2(pieces) dimensions
+    lo = np.repeat(box.lo[None], int(counts.prod()), axis=0)
+    hi = np.repeat(box.hi[None], len(lo), axis=0)
+    if split.size == 0:
+        return lo, hi
+    index = np.unravel_index(np.arange(len(lo)), tuple(counts[split]))
+    for i, part in zip(split, index, strict=True):
+        edges = np.linspace(box.lo[i], box.hi[i], counts[i] + 1)  # ends exact
+        lo[:, i], hi[:, i] = edges[part], edges[part + 1]
     return lo, hi
 
 

@@ -143,6 +143,24 @@ def test_commuting_gates_share_one_stage(tmp_path: Path) -> None:
     np.testing.assert_allclose(run_gated(gated, x, width=3), want, atol=1e-5)
 
 
+def test_wide_input_uses_elementwise_box(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    layers = (Dense("o", weight=rng.normal(size=(2, 20)), bias=np.zeros(2)),)
+    core = to_onnx(Network(TensorSpec("x", (1, 20), True), TensorSpec("y", (1, 2), True), layers))
+    lines = [f"(declare-const X_{i} Real)" for i in range(20)] + ["(declare-const Y_0 Real)"]
+    lines += ["(declare-const Y_1 Real)", "(assert (>= Y_0 Y_1))"]
+    lines += [f"(assert (>= X_{i} -0.1))\n(assert (<= X_{i} 0.1))" for i in range(20)]
+    gates = design_gates([parse_vnnlib("\n".join(lines))], [True], [[(-np.ones(2), np.ones(2))]])
+    gated = append_gates(core, gates)
+    assert [n.op_type for n in gate_part(gated)[0]][:4] == ["Sub", "Sub", "Max", "Relu"]
+    x = rng.uniform(-0.11, 0.11, (3000, 20)).astype(np.float32)
+    y = run_batch(symbolic_batch(core), TensorSpec("x", (3000, 20), True, "N"), x)
+    got = run_batch(symbolic_batch(gated), TensorSpec("x", (3000, 20), True, "N"), x)
+    want = evaluate_gates(gates, x.astype(np.float64), y.astype(np.float64))
+    dist = (np.maximum(np.abs(x) - 0.1, 0) / 0.2).sum(axis=1)  # float32 rounding of M dist
+    assert (np.abs(got - want) <= 1e-5 + 1e-6 * gates[0].M * dist[:, None]).all()
+
+
 # --- soundness --------------------------------------------------------------------
 
 

@@ -274,11 +274,13 @@ def design_gates(
 
 
 def evaluate_gates(gates: list[GateSpec], x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The gates' formula in float64 (no rounding), on rows ``x`` (n, n_in), ``y`` (n, n_out)."""
+    """The gates' formula in float64 (no rounding of its own), on rows ``x`` (n, n_in) and
+    ``y`` (n, n_out)."""
     y = np.array(y, dtype=np.float64)
     for g in gates:
         w = _widths(g.lo, g.hi)
-        dist = (np.maximum(g.lo - x, 0) / w + np.maximum(x - g.hi, 0) / w).sum(axis=1)
+        lo, hi = float32_box(g.lo, g.hi)  # the box as the gate holds it, rounded outwards
+        dist = (np.maximum(lo - x, 0) / w + np.maximum(x - hi, 0) / w).sum(axis=1)
         C, c = g.coefficients()
         t = y @ C + c
         if g.direction == "min":
