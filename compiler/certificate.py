@@ -141,9 +141,10 @@ def gate_model(
     props: Sequence[Property],
     specs: Sequence[Path],
     timeout: float,
+    domain: Box | None,
 ) -> Gating:
     """Verify, gate, prove, measure fidelity: the gated model and its report entries."""
-    result = insert_gates(loaded.path, exported, specs, props, timeout)
+    result = insert_gates(loaded.path, exported, specs, props, timeout, domain)
     gated = append_gates(exported, result.gates)
     report = {
         "verdict_original": [

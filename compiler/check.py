@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from relugate.compiler.certificate import FORMAT, sha256_bytes, sha256_file
+from relugate.compiler.domain import Box
 from relugate.compiler.errors import BundleError, ProofFailed
 from relugate.compiler.gates_onnx import append_gates, gate_part, strip_gates
 from relugate.compiler.spec import Property, parse_vnnlib
@@ -112,7 +113,9 @@ def _check_gates(
             raise BundleError(
                 f"{prop.source} is not gated but the certificate does not say it holds"
             )
-    gates = design_gates(props, gated, ranges)
+    domain = cert["domain"]
+    box = None if domain is None else Box(np.array(domain["lo"]), np.array(domain["hi"]))
+    gates = design_gates(props, gated, ranges, box)
     if [g.to_json() for g in gates] != cert["gates"]:
         raise BundleError(
             "the certificate's gates differ from the ones re-derived from its properties"

@@ -113,7 +113,7 @@ def compile_model(
     result = pipeline.run(net, PassContext(domain=domain))
     exported = to_onnx(result.network)
     check = check_against_original(loaded, net, exported, domain, options.check_samples)
-    gating = _gate(loaded, exported, net, props, specs, options)
+    gating = _gate(loaded, exported, net, props, specs, options, domain)
     shipped = exported if gating is None else gating.model
     report = build_report(loaded, net, result, props, domain, check, verifier)
     if gating is not None:
@@ -139,6 +139,7 @@ def _gate(
     props: Sequence[Property],
     specs: Sequence[str | Path],
     options: CompileOptions,
+    domain: Box | None,
 ) -> Gating | None:
     """With specs (and gates on): verdicts, proved output gates, fidelity."""
     if not props or not options.gates:
@@ -149,7 +150,7 @@ def _gate(
         options.on_step("insert_gates (verify, gate, prove)")
     spec_in = TensorSpec(net.input.name, net.input.shape, net.input.has_batch)
     paths = [Path(s) for s in specs]
-    return gate_model(loaded, exported, spec_in, props, paths, options.gate_timeout)
+    return gate_model(loaded, exported, spec_in, props, paths, options.gate_timeout, domain)
 
 
 def check_against_original(

@@ -20,7 +20,9 @@ and per stage ``s`` (in order; ``y`` is the output so far, ``(N, n_out)``):
 (One Gemm instead of two Subs and a Max, and Gemm instead of a broadcast Add:
 onnxruntime's broadcasting kernels took 2-3x longer at batch 1024.)
 
-A stage is one gate with several rows, or several one-row gates that commute
+A gate whose box holds the whole compile domain has no switch (see
+``gate_design``): its stage is ``t = Gemm(y, C_s, c_s)`` without the box
+nodes.  A stage is one gate with several rows, or several one-row gates that commute
 (e.g. the nine ``Y_j <- min(Y_j, Y_c - delta)`` of an MNIST robustness
 property): their thresholds then sit in column ``k`` of one Gemm, so nine
 gates cost the four nodes of one.
@@ -185,17 +187,20 @@ def gate_nodes(
     ``<y>_ungated``, writing ``y``."""
     b = _Builder()
     (x_name, x_dims), (y_name, y_dims) = x, y
-    flat_x = x_flat or _flatten(b, x_name, x_dims, int(gates[0].lo.size), "x_flat")
+    flat_x = x_flat
     cur = _flatten(b, y_name + UNGATED_SUFFIX, y_dims, gates[0].n_out, "y_flat")
     boxes: dict[bytes, str] = {}
     groups = stages(gates)
     for s, stage in enumerate(groups):
-        key = stage[0].lo.tobytes() + stage[0].hi.tobytes()
-        if key not in boxes:
-            boxes[key] = _box_nodes(b, stage[0], flat_x, len(boxes))
         const = stage_constants(stage)
-        scale, c = b.const(f"s{s}/scale", const["scale"]), b.const(f"s{s}/c", const["c"])
-        shift = b.node("Gemm", f"s{s}/shift", [boxes[key], scale, c])
+        shift = b.const(f"s{s}/c", const["c"])
+        if stage[0].switch:
+            key = stage[0].lo.tobytes() + stage[0].hi.tobytes()
+            if key not in boxes:
+                flat_x = flat_x or _flatten(b, x_name, x_dims, int(gates[0].lo.size), "x_flat")
+                boxes[key] = _box_nodes(b, stage[0], flat_x, len(boxes))
+            scale = b.const(f"s{s}/scale", const["scale"])
+            shift = b.node("Gemm", f"s{s}/shift", [boxes[key], scale, shift])
         t = b.node("Gemm", f"s{s}/t", [cur, b.const(f"s{s}/C", const["C"]), shift])
         direction = stage[0].direction
         if len(stage[0].b) > 1:

@@ -193,6 +193,7 @@ def insert_gates(
     specs: Sequence[Path],
     props: Sequence[Property],
     timeout: float = 60.0,
+    domain: Box | None = None,
 ) -> GateResult:
     """Verdicts, gates and their proof for the compiled ``core`` (the exported ONNX)."""
     seconds: dict[str, float] = {}
@@ -207,7 +208,7 @@ def insert_gates(
         seconds["ranges"] = time.perf_counter() - start
     gated = [v.gated for v in verdicts]
     start = time.perf_counter()
-    gates = design_gates(list(props), gated, [list(r) for r in ranges])
+    gates = design_gates(list(props), gated, [list(r) for r in ranges], domain)
     proofs = prove_all(props, gated, ranges, gates)
     seconds["proof"] = time.perf_counter() - start
     return GateResult(verdicts, ranges, gates, proofs, {k: round(v, 4) for k, v in seconds.items()})

@@ -172,6 +172,9 @@ def test_violated_instance_repaired_survives_attack(tmp_path: Path) -> None:
     fid = report["fidelity"][0]
     assert fid["unsafe_gated"] == 0 and fid["safe_close"] >= 0.99 and fid["close"] < 1.0
     gated = onnx.load(str(out / "model.onnx"))
+    # the box is the whole domain: no input check, the gate is always on
+    assert report["gates"][0]["switch"] is False
+    assert [n.op_type for n in gate_part(gated)[0]] == ["Gemm", "ReduceMax", "Gemm", "Min"]
     case = read_vnnlib(path).cases[0]
     rng = np.random.default_rng(1)
     assert_safe(gated, case, case.box.sample(1_000_000, rng))

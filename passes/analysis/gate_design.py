@@ -57,6 +57,7 @@ class GateSpec:
     eps: float
     M: float
     R: float
+    switch: bool = True  # False: the box holds the whole compile domain, the gate is always on
 
     @property
     def sign(self) -> float:
@@ -108,6 +109,7 @@ class GateSpec:
             "eps": self.eps,
             "M": self.M,
             "R": self.R,
+            "switch": self.switch,
             "formula": self.formula(),
         }
 
@@ -127,6 +129,7 @@ class GateSpec:
             float(data["eps"]),
             float(data["M"]),
             float(data["R"]),
+            bool(data["switch"]),
         )
 
     def formula(self) -> str:
@@ -228,12 +231,13 @@ def _make_gate(
     k: int,
     direction: str,
     cur: tuple[np.ndarray, np.ndarray],
+    switch: bool,
 ) -> tuple[GateSpec, tuple[np.ndarray, np.ndarray]]:
     A, b = rows
     lo, hi = cur
     delta, eps, R, t_lo, t_hi = _tolerances(A, b, k, lo, hi)
     M = 2.0 * (2.0 * R + delta + eps) / SHELL
-    gate = GateSpec(*where, box.lo, box.hi, k, direction, A, b, delta, eps, M, R)
+    gate = GateSpec(*where, box.lo, box.hi, k, direction, A, b, delta, eps, M, R, switch)
     lo, hi = lo.copy(), hi.copy()
     if direction == "min":  # the gate can lower y_k down to its threshold
         lo[k] = min(lo[k], float(t_lo.max()) - delta - eps)
@@ -242,16 +246,24 @@ def _make_gate(
     return gate, (lo, hi)
 
 
+def _holds(outer: Box, inner: Box) -> bool:
+    return bool(np.all(outer.lo <= inner.lo) and np.all(outer.hi >= inner.hi))
+
+
 def design_gates(
     props: list[Property],
     gated: list[bool],
     ranges: list[list[tuple[np.ndarray, np.ndarray]]],
+    domain: Box | None = None,
 ) -> list[GateSpec]:
     """Gates for every unsafe polytope of every case of the ``gated`` properties, in order.
 
     ``ranges[p][c]``: bounds on the (ungated) network's output over case ``c`` of
     property ``p``; their hull, pushed through the gates before each one, sizes
-    every gate's ``delta`` and ``M``."""
+    every gate's ``delta`` and ``M``.  A gate whose box holds the whole compile
+    ``domain`` gets no switch: it is on wherever the compiled network is specified
+    at all (outside the domain the passes promise nothing), and the input check,
+    several elementwise passes over the input, is saved."""
     all_ranges = [r for per_prop in ranges for r in per_prop]
     cur = (
         np.min([r[0] for r in all_ranges], axis=0).astype(np.float64),
@@ -268,7 +280,8 @@ def design_gates(
                     continue
                 where = f"{prop.source} (case {c + 1}, unsafe polytope {j + 1})"
                 k, direction = choose_coordinate(rows[0], where)
-                gate, cur = _make_gate((p, c, j), case.box, rows, k, direction, cur)
+                switch = domain is None or not _holds(case.box, domain)
+                gate, cur = _make_gate((p, c, j), case.box, rows, k, direction, cur, switch)
                 gates.append(gate)
     return gates
 
@@ -280,7 +293,7 @@ def evaluate_gates(gates: list[GateSpec], x: np.ndarray, y: np.ndarray) -> np.nd
     for g in gates:
         w = _widths(g.lo, g.hi)
         lo, hi = float32_box(g.lo, g.hi)  # the box as the gate holds it, rounded outwards
-        dist = (np.maximum(lo - x, 0) / w + np.maximum(x - hi, 0) / w).sum(axis=1)
+        dist = (np.maximum(lo - x, 0) / w + np.maximum(x - hi, 0) / w).sum(axis=1) * g.switch
         C, c = g.coefficients()
         t = y @ C + c
         if g.direction == "min":

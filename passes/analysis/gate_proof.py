@@ -9,7 +9,8 @@ asked; ``unsat`` is the proof.
 
 What a gate does on ``X`` depends on where its own box lies:
 
-* ``on``: its box holds ``X``: ``dist(x) = 0`` exactly, the plain clamp;
+* ``on``: its box holds ``X``: ``dist(x) = 0`` exactly, the plain clamp (a gate
+  without a switch, whose box holds the whole domain, is on everywhere);
 * ``off``: its box is at scaled distance ``>= SHELL`` from ``X``: the
   threshold ``T + M dist`` is past every reachable output (``M`` has a factor 2
   of slack over float32 rounding of ``dist``), the identity;
@@ -71,6 +72,8 @@ class CaseProof:
 
 def mode(gate: GateSpec, box: Box) -> str:
     """How ``gate`` acts on inputs in ``box``: on, off or partial."""
+    if not gate.switch:
+        return "on"
     lo32, hi32 = float32_box(gate.lo, gate.hi)
     if np.all(lo32 <= box.lo) and np.all(hi32 >= box.hi):
         return "on"
