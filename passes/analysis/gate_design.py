@@ -17,8 +17,11 @@ the gate is the identity.
 
 Float32: the gate computes ``t_r - delta`` with one Gemm over float32
 constants; ``eps`` bounds its error from the output range
-(``gamma_{n+4} (sum_i |a_ri/a_rk| |y_i| + |b_r/a_rk| + delta)``) and ``delta``
-is 4x that (at least 4 ulp of the range).  ``gate_proof`` proves the result.
+(``gamma_{nnz_r+3} (sum_i |a_ri/a_rk| |y_i| + |b_r/a_rk| + delta)``), ``delta`` is
+4x that (at least 4 ulp of the range); ``M = 2 (2R + delta + eps) / SHELL``, a
+factor 2 over "past every output" for the rounding of ``dist``.  A gate whose box
+holds the whole compile domain has no switch (``dist`` is 0 wherever the network
+is specified).  ``gate_proof`` proves the result.
 """
 
 from __future__ import annotations
@@ -68,9 +71,6 @@ class GateSpec:
     def n_out(self) -> int:
         return int(self.A.shape[1])
 
-    def box(self) -> Box:
-        return Box(self.lo, self.hi)
-
     def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact (float64) ``C`` (n_out, m) and ``c`` (m) with ``t_r -/+ delta = y C + c``."""
         ak = self.A[:, self.k]
@@ -112,25 +112,6 @@ class GateSpec:
             "switch": self.switch,
             "formula": self.formula(),
         }
-
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> GateSpec:
-        return GateSpec(
-            data["property"],
-            data["case"],
-            data["polytope"],
-            np.array(data["box"]["lo"], dtype=np.float64),
-            np.array(data["box"]["hi"], dtype=np.float64),
-            int(data["k"]),
-            str(data["direction"]),
-            np.array(data["A"], dtype=np.float64).reshape(len(data["b"]), -1),
-            np.array(data["b"], dtype=np.float64),
-            float(data["delta"]),
-            float(data["eps"]),
-            float(data["M"]),
-            float(data["R"]),
-            bool(data["switch"]),
-        )
 
     def formula(self) -> str:
         """Readable form, e.g. ``Y_0 <- min(Y_0, max(Y_1, Y_2) - 2e-05)`` (inside the box)."""
