@@ -1,9 +1,13 @@
 """Remove ReLUs that are provably stable on the input domain (Serra et al., CPAIOR 2020).
 
-On the domain box a bound analysis (``ctx.options["stability"]``: ``crown``,
-the default; ``interval``; ``lp``, CROWN tightened by LP with dual-checked
-bounds; ``milp``, exact stability by one MILP query per undecided sign, up
-to HiGHS's tolerances, so not a proof) bounds every ReLU's input:
+On the domain box a bound analysis (``ctx.options["stability"]``: ``auto``,
+the default, is ``split`` for inputs of at most 16 dimensions and ``crown``
+otherwise; ``crown``; ``split``, the union of CROWN bounds over an adaptive
+partition of the box into at most 1,024 sub-boxes (a unit is stable only if
+stable with the same sign on every sub-box); ``interval``; ``lp``, CROWN
+tightened by LP with dual-checked bounds; ``milp``, exact stability by one
+MILP query per undecided sign, up to HiGHS's tolerances, so not a proof)
+bounds every ReLU's input:
 
 - an inactive unit (upper bound <= 0: its ReLU outputs 0) is deleted, its row
   (or conv output channel) in the layer before and its column (conv input
@@ -45,6 +49,7 @@ from relugate.compiler.network import Network
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.interval import interval_bounds
 from relugate.passes.analysis.milp import exact_stability_all, lp_tighten
+from relugate.passes.analysis.split_stability import split_bounds
 from relugate.passes.analysis.steps import steps_of
 from relugate.passes.base import CertificateEntry, PassContext, PassResult, unchanged
 from relugate.passes.stable_relu_linear import (
@@ -55,7 +60,10 @@ from relugate.passes.stable_relu_linear import (
     step_index,
 )
 
-ANALYSES = ("interval", "crown", "lp", "milp")
+ANALYSES = ("auto", "interval", "crown", "split", "lp", "milp")
+SPLIT_BOXES = 1024
+SPLIT_MAX_DIM = 16
+"""``auto`` uses ``split`` up to this many inputs, ``crown`` above."""
 NOT_DONE = (
     "partly active layers keep their ReLU: a linear path for their active units "
     "(other than linearly dependent ones) needs a skip connection, which the layer "
@@ -110,8 +118,11 @@ def relu_bounds(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Bounds on the input of every ReLU layer (by layer index), flat, on ``box``."""
     steps = steps_of(net)
-    analysis = interval_bounds if method == "interval" else crown_bounds
-    bounds = analysis(steps, box.lo, box.hi)
+    if method == "split":
+        bounds = split_bounds(steps, box.lo, box.hi, max_boxes=SPLIT_BOXES).bounds
+    else:
+        analysis = interval_bounds if method == "interval" else crown_bounds
+        bounds = analysis(steps, box.lo, box.hi)
     if method in ("lp", "milp"):
         bounds = lp_tighten(steps, bounds, time_limit=time_limit / 2)
     if method == "milp":
@@ -232,9 +243,11 @@ class StableRelu:
             return unchanged(net, "no input domain: stable ReLUs are only stable on a domain")
         if ctx.domain.dim != net.input.size:
             raise BadSpec(f"domain has {ctx.domain.dim} inputs; the network has {net.input.size}")
-        method = str(ctx.options.get("stability", "crown"))
+        method = str(ctx.options.get("stability", "auto"))
         if method not in ANALYSES:
             raise BadSpec(f"unknown stability analysis {method!r}; choose from {ANALYSES}")
+        if method == "auto":
+            method = "split" if ctx.domain.dim <= SPLIT_MAX_DIM else "crown"
         time_limit = float(ctx.options.get("stability_time_limit", 300.0))
         progress = Progress(ctx.domain, method, self.name)
         current, rounds = net, 0
