@@ -121,7 +121,8 @@ class Model:
             col = int(np.flatnonzero((flat[row] < lo) | (flat[row] > hi))[0])
             raise OutOfDomain(
                 f"{k} of {len(batch)} input(s) outside the domain (policy reject): row {row}, "
-                f"element {col} = {flat[row, col]!r} not in [{lo[col]!r}, {hi[col]!r}]"
+                f"element {col} = {float(flat[row, col])!r} not in "
+                f"[{float(lo[col])!r}, {float(hi[col])!r}]"
             )
         if self.policy == "clamp":
             counts.clamped = k

@@ -1,8 +1,10 @@
 """MetaSchedule tuning with a wall-clock budget and a reusable database folder.
 
 MetaSchedule bounds tuning by trial counts only; here a measure callback
-terminates every task once the budget is spent, so ``seconds`` is a real
-bound (give or take the batch of candidates being measured).  Records go to
+terminates every task once the budget is spent.  The bound is soft: the
+first round measures one batch of candidates for every task before any
+callback runs (MetaSchedule joins the runner late), and the report gives the
+seconds actually spent.  Records go to
 a JSON database in ``db_dir`` (``database_workload.json``,
 ``database_tuning_record.json``); a later run with the same folder starts its
 search from them, and ``apply`` alone (``seconds=0``) reuses them without
@@ -26,6 +28,7 @@ from relugate.compiler.errors import RelugateError
 
 TRIALS_PER_ITER = 32
 MAX_TRIALS = 100_000  # the time budget, not this, ends tuning
+WORKER_TIMEOUT = 60.0  # seconds per candidate build or run (TVM's 30 s is tight under load)
 
 
 @dataclass
@@ -67,9 +70,10 @@ def legalize(mod: Any, target: Any) -> Any:
 
 
 def _deadline_callback(deadline: float, counter: list[int]) -> Any:
+    from tvm.ir.utils import derived_object  # moved out of meta_schedule.utils in 0.27
     from tvm.s_tir import meta_schedule as ms
 
-    @ms.utils.derived_object
+    @derived_object
     class Deadline(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler: Any, task_id: int, candidates: Any, builds: Any,
                   results: Any) -> None:  # fmt: skip
@@ -81,6 +85,53 @@ def _deadline_callback(deadline: float, counter: list[int]) -> Any:
                     task_scheduler.terminate_task(i)
 
     return Deadline()
+
+
+def _build_candidate(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's ``default_build`` without ``import tvm.s_tir.tensor_intrin``.
+
+    That import registers every target's tensor intrinsics (CUDA's alone parse
+    for seconds to over a minute on a busy machine) and the builder pays it in a
+    fresh worker process for every batch of candidates, so with the default
+    builder each batch timed out.  Float32 CPU schedules use no intrinsics.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build(mod, target=target)
+
+
+def _cpu_tensor_intrinsics_only() -> None:
+    """Register the CPU tensor intrinsics without CUDA's, ROCm's and Hexagon's.
+
+    ``TuneContext`` imports ``tvm.s_tir.tensor_intrin``, whose ``__init__``
+    parses every target's intrinsics (CUDA's took 70 of 97 s on a loaded
+    2-core machine).  For CPU tuning, install the package module without
+    running its ``__init__`` and import the x86 and Arm parts; anything
+    unexpected falls back to the full import.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        for sub in ("x86", "arm_cpu"):
+            setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
+        import tvm.s_tir
+
+        setattr(tvm.s_tir, "tensor_intrin", package)  # noqa: B010
+    except Exception:  # a TVM whose layout differs: pay for the full import instead
+        sys.modules.pop(name, None)
+        importlib.import_module(name)
 
 
 def _records_before(database: Any, contexts: list[Any]) -> int:
@@ -100,6 +151,8 @@ def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, Tune
     db_dir.mkdir(parents=True, exist_ok=True)
     mod = legalize(mod, target)
     start = time.monotonic()
+    if target.kind.name == "llvm":
+        _cpu_tensor_intrinsics_only()
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     extracted = ms.relax_integration.extract_tasks(mod, target)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -114,11 +167,15 @@ def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, Tune
         ]
         ms.tune.tune_tasks(
             tasks=contexts,
+            builder=ms.builder.LocalBuilder(
+                f_build=_build_candidate, max_workers=1, timeout_sec=WORKER_TIMEOUT
+            ),
+            runner=ms.runner.LocalRunner(timeout_sec=WORKER_TIMEOUT),
             task_weights=weights,
             work_dir=str(db_dir),
             max_trials_global=MAX_TRIALS,
             max_trials_per_task=MAX_TRIALS,
-            num_trials_per_iter=TRIALS_PER_ITER,
+            num_trials_per_iter=TRIALS_PER_ITER if seconds >= 300 else TRIALS_PER_ITER // 2,
             database=database,
             cost_model=cost_model,
             measure_callbacks=callbacks,
