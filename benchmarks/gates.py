@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from benchmarks.gates_measure import attack, latency
@@ -119,6 +120,21 @@ HEADER = [
 ]
 
 
+def _summary(rows: list[dict[str, Any]]) -> list[str]:
+    safe = [f["safe_close"] for r in rows for f in r["fidelity"] if f["safe_close"] is not None]
+    unsafe = sum(a["unsafe_gated"] + a["pgd_unsafe_gated"] for r in rows for a in r["attack"])
+    b1 = [r["latency"]["batch1"]["ratio"] for r in rows if r["latency"]]
+    wide = [r["latency"]["batch1024"]["ratio"] for r in rows if r["latency"]]
+    return [
+        f"{len(rows)} instances, all proved and re-checked; unsafe gated outputs found by the "
+        f"attacks: {unsafe}; fidelity on the original-safe samples (close within 1e-5): "
+        f"min {_pct(min(safe, default=None))}; latency gated/ungated: batch 1 median "
+        f"{np.median(b1):.3f} (range {min(b1):.3f}-{max(b1):.3f}), batch 1024 median "
+        f"{np.median(wide):.3f} (range {min(wide):.3f}-{max(wide):.3f}).",
+        "",
+    ]
+
+
 def markdown(rows: list[dict[str, Any]], multi: dict[str, Any] | None, meta: dict[str, Any]) -> str:
     lines = [
         "# Output gates on the violated public instances",
@@ -128,8 +144,9 @@ def markdown(rows: list[dict[str, Any]], multi: dict[str, Any] | None, meta: dic
         "per unsafe polytope on the original net's margin; fidelity on 10,000 uniform samples "
         "('close': every output within 1e-5 relative of the original); latency: onnxruntime, "
         "one thread, gated vs ungated (gates stripped) in alternating rounds, median ratio. "
-        "Every bundle passed `relugate check`.",
+        "Every bundle passed `relugate check`." + (f" {meta['note']}" if "note" in meta else ""),
         "",
+        *_summary(rows),
         *HEADER,
     ]
     for r in rows:
@@ -156,7 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-multi", action="store_true")
     parser.add_argument("--work", default="/tmp/relugate-gates-bench")
     parser.add_argument("--output", default="gates")
+    parser.add_argument("--note", help="a remark on the run (e.g. machine load) for the .md")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads((RESULTS / f"{args.output}.json").read_text())
+        text = markdown(data["rows"], data["multi_property"], data["meta"])
+        (RESULTS / f"{args.output}.md").write_text(text)
+        return 0
     console = Console()
     work = Path(args.work)
     rows = []
@@ -177,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples": args.samples,
         "starts": args.starts,
     }
+    if args.note:
+        meta["note"] = args.note
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"meta": meta, "rows": rows, "multi_property": multi}
     (RESULTS / f"{args.output}.json").write_text(json.dumps(data, indent=2) + "\n")
