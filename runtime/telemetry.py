@@ -49,6 +49,12 @@ class Telemetry:
             if counts.gate_fired_by_output is not None and t.gate_fired_by_output is not None:
                 t.gate_fired_by_output += counts.gate_fired_by_output
 
+    def record_clean(self, inputs: int) -> None:
+        """A call whose inputs were all in the domain and fired no gate."""
+        with self._lock:
+            self.calls += 1
+            self.totals.inputs += inputs
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             t = self.totals
