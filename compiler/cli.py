@@ -154,6 +154,18 @@ def compile(
         bool,
         typer.Option("--no-gates", help="With --spec: skip verification, gates and certificate."),
     ] = False,
+    stability: Annotated[
+        str,
+        typer.Option(
+            "--stability",
+            help="Analysis for stable_relu: auto (split up to 16 inputs, else crown), "
+            "crown, split, interval, lp, milp.",
+        ),
+    ] = "auto",
+    maxpool_to_relu: Annotated[
+        bool,
+        typer.Option("--maxpool-to-relu", help="Rewrite MaxPool into proved ReLU max trees."),
+    ] = False,
 ) -> None:
     """Compile MODEL for the domain of its property and write OUT/model.onnx and OUT/report.json;
     with --spec, also verify each property and add proved output gates where it may fail
@@ -174,6 +186,7 @@ def compile(
             on_step=on_step,
             gates=not no_gates,
             gate_timeout=gate_timeout,
+            pass_options={"stability": stability, "maxpool": "relu" if maxpool_to_relu else "keep"},
         )
         result = compile_model(model, options, specs=spec or [], input_box=input_box or [])
         progress.update(task, description="done")
@@ -189,11 +202,12 @@ def compile(
     out.print(f"wrote [bold]{to}/model.onnx[/] and [bold]{to}/report.json[/]", highlight=False)
     if "gates" in report:
         gated = sum(1 for v in report["verdict_original"] if v["gated"])
-        out.print(
-            f"{len(report['gates'])} output gates for {gated} properties, proved; "
-            f"wrote [bold]{to}/certificate.json[/]",
-            highlight=False,
+        what = (
+            f"{len(report['gates'])} output gates for {gated} properties, proved"
+            if gated
+            else "every property holds: no gate"
         )
+        out.print(f"{what}; wrote [bold]{to}/certificate.json[/]", highlight=False)
 
 
 @app.command()

@@ -49,6 +49,7 @@ class CompileOptions:
     check_samples: int = CHECK_SAMPLES
     gates: bool = True  # with specs: verify, insert proved output gates, write certificate.json
     gate_timeout: float = 60.0  # verification budget per property (seconds)
+    pass_options: dict[str, Any] = field(default_factory=dict)  # PassContext.options
     on_step: Callable[[str], None] | None = field(default=None, repr=False)
 
 
@@ -110,7 +111,7 @@ def compile_model(
     if options.dump_ir is not None:
         instruments.append(DumpIR(options.dump_ir))
     pipeline = Pipeline(default_passes(), instruments, options.on_step)
-    result = pipeline.run(net, PassContext(domain=domain))
+    result = pipeline.run(net, PassContext(domain=domain, options=options.pass_options))
     exported = to_onnx(result.network)
     check = check_against_original(loaded, net, exported, domain, options.check_samples)
     gating = _gate(loaded, exported, net, props, specs, options, domain)
