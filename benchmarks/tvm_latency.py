@@ -113,8 +113,7 @@ def run_case(name: str, batch: int, tune_seconds: float, rounds: int, tmp: Path)
     }
     want = np.asarray(sess.run(None, feed)[0]).reshape(batch, -1)
     errors = {
-        k: float(mismatch(want, np.asarray(fns[k]()[0] if k != "bundle" else fns[k]())).max())
-        for k in ENGINES[1:]
+        k: float(mismatch(want, np.asarray(fns[k]()).reshape(batch, -1)).max()) for k in ENGINES[1:]
     }
     seconds = timed_rounds(fns, rounds)
     ort = seconds["onnxruntime"]

@@ -68,8 +68,12 @@ class Executor:
         return tensor, view
 
     # -- calls ------------------------------------------------------------
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """All outputs of the model for ``batch`` (float32, C-contiguous, leading axis n)."""
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The model output for ``batch`` (float32, C-contiguous, leading axis n)."""
+        return self.run_all(batch)[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """All outputs of the library (gated models: the output, then the ungated one)."""
         n = len(batch)
         if self.batch is None or n == self.batch:
             return self._call(batch)

@@ -74,7 +74,7 @@ class Model:
         if self._plain(x):
             batch: np.ndarray = x  # type: ignore[assignment]
             if self._all_inside(batch):
-                outputs = self.executor.run(batch)
+                outputs = self.executor.run_all(batch)
                 if not self.gated or not (outputs[0] != outputs[1]).any():
                     self.telemetry.record_clean(len(batch))
                     out = outputs[0]
@@ -130,7 +130,7 @@ class Model:
         if outside is not None and self.policy == "clamp":
             lo, hi = self.domain or (None, None)
             batch = np.clip(batch.reshape(n, -1), lo, hi).reshape(batch.shape)
-        outputs = self.executor.run(batch)
+        outputs = self.executor.run_all(batch)
         output = outputs[0].reshape(n, *self.output_sample_shape)
         fired = np.zeros(n, dtype=bool)
         if self.gated:

@@ -11,8 +11,9 @@ import onnx
 import pytest
 from conftest import make_model
 from onnx import helper
-from tvm_helpers import assert_close, collision, conv_net, gated_model, reference
+from tvm_helpers import assert_close, collision, conv_net, gated_model, make_bundle, reference
 
+import relugate.runtime as rt
 from relugate.compiler.backends.targets import CROSS_GCC, resolve_target
 from relugate.compiler.backends.tvm import library_objects, lower
 from relugate.compiler.errors import RelugateError, UnsupportedModel
@@ -35,7 +36,7 @@ def test_llvm_matches_onnxruntime(build: object, batch: int | None) -> None:
     executor = lowered.load()
     for n in (1, 4, 9):  # a fixed-batch library runs other sizes in chunks
         x = _inputs(model, n)
-        (y,) = executor.run(x)
+        y = executor.run(x)
         assert_close(reference(model, x), y)
 
 
@@ -47,7 +48,7 @@ def test_benchmark_networks_match_onnxruntime(benchmarks: Path, name: str) -> No
     model = onnx.load(str(benchmarks / name))
     executor = lower(model, "llvm").load()
     x = RNG.uniform(0, 1, (16, *executor.sample_shape)).astype(np.float32)
-    (y,) = executor.run(x)
+    y = executor.run(x)
     assert_close(reference(model, x), y)
 
 
@@ -57,7 +58,7 @@ def test_gated_model_exposes_ungated_output() -> None:
     assert lowered.gated and lowered.gate_nodes == 1
     assert [o.name for o in lowered.outputs] == ["y", "y_ungated"]
     x = RNG.normal(0, 1, (64, 2)).astype(np.float32)
-    y, ungated = lowered.load().run(x)
+    y, ungated = lowered.load().run_all(x)
     assert_close(reference(model, x), y)
     np.testing.assert_array_equal(y, np.minimum(ungated, 0.5))
 
@@ -146,8 +147,24 @@ def test_tuning_is_bounded_reported_and_reused(tmp_path: Path) -> None:
     assert report is not None and report.trials > 0 and report.tasks > 0
     assert report.tasks_with_records_before == 0 and (db / "database_tuning_record.json").stat()
     x = _inputs(model, 8)
-    assert_close(reference(model, x), tuned.load().run(x)[0])
+    assert_close(reference(model, x), tuned.load().run(x))
     again = lower(model, "llvm", batch=8, tuning_db=db)  # no tuning: apply the records
     assert again.tuning is not None and again.tuning.trials == 0
     assert again.tuning.tasks_with_records_before == report.tasks
-    assert_close(reference(model, x), again.load().run(x)[0])
+    assert_close(reference(model, x), again.load().run(x))
+
+
+@pytest.mark.slow
+@pytest.mark.benchmarks
+def test_every_benchmark_network_as_a_bundle(benchmarks: Path, tmp_path: Path) -> None:
+    """Each public network, compiled with a symbolic batch and loaded as a bundle, agrees
+    with onnxruntime on 32 inputs (about a minute)."""
+    import onnx
+
+    models = sorted(benchmarks.rglob("*.onnx"))
+    assert models
+    for i, path in enumerate(models):
+        proto = onnx.load(str(path))
+        model = rt.load(make_bundle(tmp_path / f"b{i}", model=proto, domain=None))
+        x = RNG.uniform(-1, 1, (32, *model.sample_shape)).astype(np.float32)
+        assert_close(reference(proto, x), model.run(x))

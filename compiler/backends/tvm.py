@@ -24,7 +24,6 @@ output by comparing the two (no second compile, no extra graph nodes).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tarfile
 import time
 import warnings
@@ -35,9 +34,14 @@ from typing import Any
 import onnx
 
 from relugate.compiler.backends import tuning
+from relugate.compiler.backends.cuda import compile_cuda_source, cuda_source
 from relugate.compiler.backends.targets import CROSS_GCC, TargetInfo, resolve_target
 from relugate.compiler.errors import RelugateError, UnsupportedModel
 from relugate.runtime.executor import Executor
+
+CompiledModel = Executor
+"""What ``Lowered.load()`` returns: ``run(x)`` the output, ``run_all(x)`` every library
+output, through preallocated per-thread input tensors and zero-copy output views."""
 
 BATCH_PARAM = "batch"
 GATE_PREFIX = "relugate_gate/"
@@ -84,13 +88,13 @@ class Lowered:
     def gated(self) -> bool:
         return len(self.outputs) > 1
 
-    def load(self) -> Executor:
+    def load(self) -> CompiledModel:
         """Run the library in this process (llvm target only)."""
         import tvm
 
         if self.target.name != "llvm":
             raise RelugateError(f"a {self.target.name} library cannot run on this host")
-        return Executor(self.executable.mod, tvm.cpu(), self.input.sample_shape, self.batch)
+        return CompiledModel(self.executable.mod, tvm.cpu(), self.input.sample_shape, self.batch)
 
     def export(self, out_dir: Path) -> list[str]:
         """Write the library (and CUDA source) into ``out_dir``; return the file names."""
@@ -120,25 +124,6 @@ class Lowered:
             "gcc -shared -o model.so *.o"
         )
         return "model.tar"
-
-
-def compile_cuda_source(source: Path, arch: str) -> dict[str, Any]:
-    """Compile ``source`` to a fatbin with nvcc when present (a check that it builds)."""
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        return {"ok": False, "message": "nvcc not found; CUDA source exported only"}
-    out = source.with_suffix(".fatbin")
-    cmd = [nvcc, "--fatbin", f"-arch={arch}", "-O3", "-o", str(out), str(source)]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    result: dict[str, Any] = {"ok": proc.returncode == 0}
-    result["seconds"] = round(time.monotonic() - start, 2)
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
-    result["nvcc"] = version.stdout.strip().splitlines()[-1] if version.stdout else "?"
-    if proc.returncode != 0:
-        result["message"] = proc.stderr[-2000:]
-        out.unlink(missing_ok=True)
-    return result
 
 
 # -- ONNX preparation ---------------------------------------------------------
@@ -270,19 +255,8 @@ def lower(
         tuning=report,
     )
     if target == "cuda":
-        lowered.cuda_source = _cuda_source(executable)
+        lowered.cuda_source = cuda_source(executable)
     return lowered
-
-
-def _cuda_source(executable: Any) -> str | None:
-    """The CUDA C of the device module (``inspect_source("")``; "cu" returns nothing)."""
-    stack = [executable.mod]
-    while stack:
-        module = stack.pop()
-        if module.kind == "cuda":
-            return str(module.inspect_source(""))
-        stack.extend(module.imports)
-    return None
 
 
 def library_objects(path: Path) -> list[str]:
