@@ -132,6 +132,8 @@ def write_bundle(
     if certificate is not None:
         (directory / "certificate.json").write_text(json.dumps(certificate, indent=2) + "\n")
         names.append("certificate.json")
+    if (directory / "report.json").is_file():  # the compile report, when the caller wrote it
+        names.append("report.json")
     files = {name: sha256_file(directory / name) for name in names}
     manifest = build_manifest(lowered, files, domain, policy, dict(extra or {}))
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -166,6 +166,26 @@ def compile(
         bool,
         typer.Option("--maxpool-to-relu", help="Rewrite MaxPool into proved ReLU max trees."),
     ] = False,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", help="Library to build with TVM: llvm (host CPU), aarch64, cuda, none."
+        ),
+    ] = "llvm",
+    batch: Annotated[
+        int | None, typer.Option("--batch", help="Fixed batch size (default: any).", min=1)
+    ] = None,
+    tune_seconds: Annotated[
+        float,
+        typer.Option("--tune-seconds", help="MetaSchedule budget (needs --batch).", min=0.0),
+    ] = 0.0,
+    tuning_db: Annotated[
+        Path | None, typer.Option("--tuning-db", help="Tuning database folder (reused).")
+    ] = None,
+    policy: Annotated[
+        str,
+        typer.Option("--policy", help="Out-of-domain inputs at runtime: reject, clamp, flag."),
+    ] = "reject",
 ) -> None:
     """Compile MODEL for the domain of its property and write OUT/model.onnx and OUT/report.json;
     with --spec, also verify each property and add proved output gates where it may fail
@@ -187,6 +207,11 @@ def compile(
             gates=not no_gates,
             gate_timeout=gate_timeout,
             pass_options={"stability": stability, "maxpool": "relu" if maxpool_to_relu else "keep"},
+            target=None if target == "none" else target,
+            batch=batch,
+            tune_seconds=tune_seconds,
+            tuning_db=tuning_db,
+            policy=policy,
         )
         result = compile_model(model, options, specs=spec or [], input_box=input_box or [])
         progress.update(task, description="done")
@@ -200,6 +225,13 @@ def compile(
         out.print(pass_table(report["passes"]))
     to = escape(str(output))
     out.print(f"wrote [bold]{to}/model.onnx[/] and [bold]{to}/report.json[/]", highlight=False)
+    if "backend" in report:
+        built = report["backend"]
+        out.print(
+            f"built the {built['target']['name']} library in {built['compile_seconds']} s; "
+            f"wrote [bold]{to}/manifest.json[/]",
+            highlight=False,
+        )
     if "gates" in report:
         gated = sum(1 for v in report["verdict_original"] if v["gated"])
         what = (
@@ -234,28 +266,22 @@ def check(
 
 @app.command()
 def run(
-    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    model: Annotated[Path, typer.Argument(help="Bundle folder, or an ONNX model file.")],
     inputs: Annotated[Path, typer.Argument(help=".npy file: one input, or a batch (N, ...).")],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Save outputs as .npy.")
     ] = None,
 ) -> None:
-    """Run MODEL on the inputs in a .npy file with relugate's float32 reference evaluator."""
+    """Run a compiled bundle (its TVM library, through relugate.runtime) or an ONNX model
+    (relugate's float32 reference evaluator) on the inputs in a .npy file."""
     from relugate.compiler.errors import BadInput, BundleError
-    from relugate.compiler.frontend import load_model
-    from relugate.compiler.importer import import_network
-    from relugate.runtime.checks import check_batch
 
     with _guard():
-        net = import_network(load_model(model))
         try:
             array = np.load(inputs, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise BadInput(f"{inputs}: not a readable .npy file ({exc})") from exc
-        batch, single = check_batch(array, net.input.shape, net.input.has_batch, net.input.name)
-        result = net.forward(batch, np.float32)
-        if single:
-            result = result.reshape(net.output.shape)
+        result = _run_bundle(model, array) if model.is_dir() else _run_onnx(model, array)
         if output is not None:
             try:
                 with open(output, "wb") as f:  # np.save(path) would append .npy to other names
@@ -266,6 +292,27 @@ def run(
         else:
             np.set_printoptions(precision=6, suppress=True)
             out.print(result, highlight=False)
+
+
+def _run_onnx(model: Path, array: np.ndarray) -> np.ndarray:
+    from relugate.compiler.frontend import load_model
+    from relugate.compiler.importer import import_network
+    from relugate.runtime.checks import check_batch
+
+    net = import_network(load_model(model))
+    batch, single = check_batch(array, net.input.shape, net.input.has_batch, net.input.name)
+    result = net.forward(batch, np.float32)
+    return result.reshape(net.output.shape) if single else result
+
+
+def _run_bundle(bundle: Path, array: np.ndarray) -> np.ndarray:
+    from relugate import runtime
+
+    model = runtime.load(bundle)
+    result = model.run(array)
+    stats = model.stats()
+    err.print(f"runtime: {json.dumps(stats)}", highlight=False)
+    return np.asarray(result)
 
 
 @app.command()

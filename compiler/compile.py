@@ -21,6 +21,8 @@ import onnx
 
 from relugate import __version__
 from relugate.compiler.atomic import atomic_directory, check_target, write_json
+from relugate.compiler.backends.tvm import Lowered, lower
+from relugate.compiler.bundle import POLICIES, write_bundle
 from relugate.compiler.domain import Box
 from relugate.compiler.errors import BadSpec, EquivalenceError
 from relugate.compiler.exporter import to_onnx
@@ -50,6 +52,11 @@ class CompileOptions:
     gates: bool = True  # with specs: verify, insert proved output gates, write certificate.json
     gate_timeout: float = 60.0  # verification budget per property (seconds)
     pass_options: dict[str, Any] = field(default_factory=dict)  # PassContext.options
+    target: str | None = None  # llvm | aarch64 | cuda: also build the library and manifest
+    batch: int | None = None  # fixed batch size for the library (None: any batch)
+    tune_seconds: float = 0.0  # MetaSchedule budget (needs batch and tuning_db)
+    tuning_db: Path | None = None
+    policy: str = "reject"  # out-of-domain inputs at runtime: reject | clamp | flag
     on_step: Callable[[str], None] | None = field(default=None, repr=False)
 
 
@@ -119,18 +126,46 @@ def compile_model(
     report = build_report(loaded, net, result, props, domain, check, verifier)
     if gating is not None:
         report.update(gating.report)
-    report["seconds"] = round(time.perf_counter() - started, 4)
     data = shipped.SerializeToString()
+    cert = None
+    if gating is not None:
+        paths = [Path(s) for s in specs]
+        cert = gating.certificate(
+            loaded, props, paths, domain, sha256(data).hexdigest(), options.gate_timeout
+        )
+    lowered = _lower(shipped, options)
+    if lowered is not None:
+        report["backend"] = _backend_json(lowered)
+    report["seconds"] = round(time.perf_counter() - started, 4)
     with atomic_directory(options.out_dir, options.overwrite) as tmp:
-        (tmp / "model.onnx").write_bytes(data)
         write_json(tmp / "report.json", report)
-        if gating is not None:
-            paths = [Path(s) for s in specs]
-            cert = gating.certificate(
-                loaded, props, paths, domain, sha256(data).hexdigest(), options.gate_timeout
-            )
-            write_json(tmp / "certificate.json", cert)
+        if lowered is not None:
+            write_bundle(tmp, lowered, shipped, cert, domain, options.policy)
+        else:
+            (tmp / "model.onnx").write_bytes(data)
+            if cert is not None:
+                write_json(tmp / "certificate.json", cert)
     return CompileResult(result.network, report, options.out_dir)
+
+
+def _lower(model: onnx.ModelProto, options: CompileOptions) -> Lowered | None:
+    """The TVM library for ``options.target`` (built before anything is written)."""
+    if options.target is None:
+        return None
+    if options.policy not in POLICIES:
+        raise BadSpec(f"--policy must be one of {', '.join(POLICIES)}, not {options.policy!r}")
+    return lower(
+        model, options.target, options.batch, options.tune_seconds, options.tuning_db
+    )
+
+
+def _backend_json(lowered: Lowered) -> dict[str, Any]:
+    return {
+        "target": lowered.target.to_json(),
+        "batch": lowered.batch,
+        "compile_seconds": lowered.compile_seconds,
+        "tuning": lowered.tuning.to_json() if lowered.tuning else None,
+    }
 
 
 def _gate(

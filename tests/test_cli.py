@@ -176,7 +176,7 @@ def check_bundle(out: Path, original: Path, lo: np.ndarray, hi: np.ndarray) -> d
     """OUT holds a loadable model that matches the original on the box, and a full report
     (and, with a spec, the gate certificate)."""
     names = {p.name for p in out.iterdir()} - {"certificate.json"}
-    assert sorted(names) == ["model.onnx", "report.json"]
+    assert sorted(names) == ["manifest.json", "model.onnx", "model.so", "report.json"]
     compiled = out / "model.onnx"
     onnx.checker.check_model(onnx.load(str(compiled)))
     load_model(compiled)
@@ -271,7 +271,12 @@ def test_existing_output_needs_force(mlp: Path, tmp_path: Path) -> None:
     assert says(err, "bundle error", str(out), "already exists", "--force")
     assert (out / "extra.txt").is_file() and (out / "report.json").read_text() == first
     ok("compile", mlp, "-o", out, "--force", "--input-box=0,1")
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "model.so",
+        "report.json",
+    ]
     assert read_report(out)["domain"]["lo"] == [0.0, 0.0, 0.0]
     assert hidden_leftovers(tmp_path) == []
 
@@ -538,3 +543,20 @@ def test_script_compile_and_run(mlp: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(
         np.load(tmp_path / "y.npy"), ort_run(mlp, np.ones((3, 3))), rtol=1e-5, atol=1e-6
     )
+
+
+def test_compiled_bundle_runs_in_the_runtime(mlp: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    ok("compile", mlp, "-o", out, "--input-box=-1,1")
+    x = np.random.default_rng(3).uniform(-1, 1, (5, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    ok("run", out, tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ort_run(mlp, x), rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "far.npy", np.full((1, 3), 5.0, np.float32))
+    assert says(fails(3, "run", out, tmp_path / "far.npy"), "outside the domain")
+
+
+def test_compile_without_a_library(mlp: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    ok("compile", mlp, "-o", out, "--input-box=-1,1", "--target", "none")
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
