@@ -8,8 +8,10 @@ reused on the next run), each called through the lean path (preallocated
 input, zero-copy outputs), and the tuned library as a bundle through
 ``relugate.runtime`` (input checks and the domain check included).  The
 engines are timed in interleaved rounds in one process, so load from other
-work on the machine hits them alike; each figure is the median over rounds
-of the mean time per call.
+work on the machine hits them alike; each figure is the minimum over rounds
+of the mean time per call (the least disturbed round; medians are in the
+JSON).  ``--only``/``--batches`` rerun some cases and keep the others from
+the last run.
 
     OPENBLAS_NUM_THREADS=1 nice -n 10 python -m benchmarks.tvm_latency [--tune-seconds 60]
         [--rounds 7] [--only collision,acas,mnist] [--batches 1,1024]
@@ -54,8 +56,8 @@ ROUND_SECONDS = 0.3
 ENGINES = ("onnxruntime", "tvm_untuned", "tvm_tuned", "bundle")
 
 
-def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median over ``rounds`` of the mean seconds per call; engines interleaved per round."""
+def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Per engine, the mean seconds per call of each round; engines interleaved per round."""
     calls = {}
     for name, fn in fns.items():
         fn()
@@ -71,7 +73,7 @@ def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, fl
             for _ in range(calls[name]):
                 fn()
             samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: float(np.median(s)) for name, s in samples.items()}
+    return samples
 
 
 def domain(box: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,17 +117,28 @@ def run_case(name: str, batch: int, tune_seconds: float, rounds: int, tmp: Path)
     errors = {
         k: float(mismatch(want, np.asarray(fns[k]()).reshape(batch, -1)).max()) for k in ENGINES[1:]
     }
-    seconds = timed_rounds(fns, rounds)
+    samples = timed_rounds(fns, rounds)
+    seconds = {k: min(v) for k, v in samples.items()}
     ort = seconds["onnxruntime"]
     return {
         "network": name,
         "model": str(path.relative_to(path.parents[1])),
         "batch": batch,
         "us_per_call": {k: round(v * 1e6, 2) for k, v in seconds.items()},
+        "us_per_call_median": {k: round(float(np.median(v)) * 1e6, 2) for k, v in samples.items()},
         "ratio_to_onnxruntime": {k: round(v / ort, 3) for k, v in seconds.items()},
         "max_relative_error": errors,
         "tuning": tuned.tuning.to_json() if tuned.tuning else None,
     }
+
+
+def merged(cases: list[dict[str, Any]], names: list[str], batches: list[int]) -> list[Any]:
+    """This run's cases, plus the last run's cases it did not redo."""
+    path = RESULTS / "tvm_latency.json"
+    old = json.loads(path.read_text())["cases"] if path.is_file() else []
+    kept = [c for c in old if not (c["network"] in names and c["batch"] in batches)]
+    order = {n: i for i, n in enumerate(NETWORKS)}
+    return sorted(kept + cases, key=lambda c: (order.get(c["network"], 99), c["batch"]))
 
 
 def machine() -> dict[str, Any]:
@@ -154,14 +167,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"One thread, {m['cpu']} ({m['machine']}, {m['cores']} cores), load average "
         f"{m['load_average_at_start']:.1f} at start and {m['load_average_at_end']:.1f} at "
         f"end (other work shared the machine). TVM {m['tvm']}, onnxruntime "
-        f"{m['onnxruntime']}. Median over {result['rounds']} interleaved rounds of the mean time "
-        "per call, in microseconds; ratio = time / onnxruntime's (below 1: faster). "
-        f"Tuning budget {result['tune_seconds']:.0f} s per case (soft: one round over all "
-        "tasks always completes).",
+        f"{m['onnxruntime']}. Minimum over {result['rounds']} interleaved rounds of the mean "
+        "time per call, in microseconds; ratio = time / onnxruntime's (below 1: faster). "
+        "Tuning: seconds spent in this run (budget per case in the JSON; soft: one round "
+        "over all tasks always completes), records: tuning records in the cached database "
+        "(build/tvm_tuning/, grows across runs). Load figures: of the last run; rows from "
+        "earlier runs keep their own ratios.",
         "",
         "| network | batch | onnxruntime | TVM untuned | TVM tuned | bundle.run | "
-        "untuned/ort | tuned/ort | bundle/ort | trials | tuning s | max rel. err |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "untuned/ort | tuned/ort | bundle/ort | trials | tuning s | records | max rel. err |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in result["cases"]:
         us, r, t = c["us_per_call"], c["ratio_to_onnxruntime"], c["tuning"] or {}
@@ -170,7 +185,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {c['network']} | {c['batch']} | {us['onnxruntime']:.1f} | {us['tvm_untuned']:.1f} "
             f"| {us['tvm_tuned']:.1f} | {us['bundle']:.1f} | {r['tvm_untuned']:.2f} | "
             f"{r['tvm_tuned']:.2f} | {r['bundle']:.2f} | {t.get('trials', 0)} | "
-            f"{t.get('seconds', 0):.0f} | {err:.1e} |"
+            f"{t.get('seconds', 0):.0f} | {t.get('records', 0)} | {err:.1e} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -193,12 +208,15 @@ def main() -> None:
         "cases": [],
     }
     tmp = ROOT / "build" / "tvm_latency_bundles"
+    batches = [int(b) for b in args.batches.split(",")]
     for name in names:
-        for batch in (int(b) for b in args.batches.split(",")):
+        for batch in batches:
             case = run_case(name, batch, args.tune_seconds, args.rounds, tmp)
+            case["tune_seconds"] = args.tune_seconds
             result["cases"].append(case)
             print(json.dumps({k: case[k] for k in ("network", "batch", "us_per_call")}), flush=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    result["cases"] = merged(result["cases"], names, batches)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tvm_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "tvm_latency.md").write_text(markdown(result))

@@ -38,6 +38,7 @@ class TuneReport:
     trials: int
     tasks: int
     tasks_with_records_before: int
+    records: int  # tuning records in the database afterwards (all runs)
     cost_model: str
     database: str
 
@@ -186,6 +187,7 @@ def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, Tune
         trials=trials[0],
         tasks=len(contexts),
         tasks_with_records_before=before,
+        records=len(database),
         cost_model=cost_model,
         database=str(db_dir),
     )
