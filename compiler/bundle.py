@@ -120,21 +120,23 @@ def write_bundle(
     policy: str = "reject",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the bundle into ``directory`` (an ``atomic_directory``); return the manifest."""
+    """Write the bundle into ``directory`` (an ``atomic_directory``); return the manifest.
+
+    The manifest lists the sha256 of every file then in ``directory``, so write
+    anything else the bundle should carry (``report.json``) before calling this.
+    """
     if policy not in POLICIES:
         raise BundleError(f"out-of-domain policy must be one of {', '.join(POLICIES)}: {policy!r}")
     if policy != "reject" and domain is None:
         raise BundleError(f"policy {policy!r} needs an input domain")
     directory.mkdir(parents=True, exist_ok=True)
-    names = lowered.export(directory)
+    lowered.export(directory)
     (directory / "model.onnx").write_bytes(final_onnx.SerializeToString())
-    names.append("model.onnx")
     if certificate is not None:
         (directory / "certificate.json").write_text(json.dumps(certificate, indent=2) + "\n")
-        names.append("certificate.json")
-    if (directory / "report.json").is_file():  # the compile report, when the caller wrote it
-        names.append("report.json")
-    files = {name: sha256_file(directory / name) for name in names}
+    # every file in the folder, the caller's own (report.json, ...) too: so call this last
+    present = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    files = {name: sha256_file(directory / name) for name in present}
     manifest = build_manifest(lowered, files, domain, policy, dict(extra or {}))
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
