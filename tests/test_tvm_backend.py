@@ -148,18 +148,20 @@ def test_errors() -> None:
 
 @pytest.mark.slow
 def test_tuning_is_bounded_reported_and_reused(tmp_path: Path) -> None:
-    """One short round of MetaSchedule (about a minute on 2 busy cores), then reuse."""
+    """15 s of MetaSchedule (a batch or two of candidates), then reuse."""
     model = collision()
     db = tmp_path / "db"
-    tuned = lower(model, "llvm", batch=8, tune_seconds=1, tuning_db=db)
+    tuned = lower(model, "llvm", batch=8, tune_seconds=15, tuning_db=db)
     report = tuned.tuning
     assert report is not None and report.trials > 0 and report.tasks > 0
+    assert report.seconds < 15 + 120  # overrun: the batch of candidates in flight
     assert report.tasks_with_records_before == 0 and (db / "database_tuning_record.json").stat()
     x = _inputs(model, 8)
     assert_close(reference(model, x), tuned.load().run(x))
     again = lower(model, "llvm", batch=8, tuning_db=db)  # no tuning: apply the records
     assert again.tuning is not None and again.tuning.trials == 0
-    assert again.tuning.tasks_with_records_before == report.tasks
+    assert 1 <= again.tuning.tasks_with_records_before <= report.tasks
+    assert again.tuning.records == report.records
     assert_close(reference(model, x), again.load().run(x))
 
 

@@ -1,10 +1,8 @@
 """MetaSchedule tuning with a wall-clock budget and a reusable database folder.
 
-MetaSchedule bounds tuning by trial counts only; here a measure callback
-terminates every task once the budget is spent.  The bound is soft: the
-first round measures one batch of candidates for every task before any
-callback runs (MetaSchedule joins the runner late), and the report gives the
-seconds actually spent.  Records go to
+MetaSchedule bounds tuning by trial counts only; ``deadline.py``'s task
+scheduler stops picking tasks once ``seconds`` have passed (overrun: at most
+the batch of candidates in flight), and the report gives the seconds spent.  Records go to
 a JSON database in ``db_dir`` (``database_workload.json``,
 ``database_tuning_record.json``); a later run with the same folder starts its
 search from them, and ``apply`` alone (``seconds=0``) reuses them without
@@ -24,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from relugate.compiler.backends.deadline import scheduler_and_callback
 from relugate.compiler.errors import RelugateError
 
 TRIALS_PER_ITER = 32
@@ -68,24 +67,6 @@ def legalize(mod: Any, target: Any) -> Any:
                 relax.get_pipeline("zero"),
             ]
         )(mod)
-
-
-def _deadline_callback(deadline: float, counter: list[int]) -> Any:
-    from tvm.ir.utils import derived_object  # moved out of meta_schedule.utils in 0.27
-    from tvm.s_tir import meta_schedule as ms
-
-    @derived_object
-    class Deadline(ms.measure_callback.PyMeasureCallback):
-        def apply(self, task_scheduler: Any, task_id: int, candidates: Any, builds: Any,
-                  results: Any) -> None:  # fmt: skip
-            counter[0] += len(results)
-            if time.monotonic() < deadline:
-                return
-            for i, record in enumerate(task_scheduler.tasks_):
-                if not record.is_terminated:
-                    task_scheduler.terminate_task(i)
-
-    return Deadline()
 
 
 def _build_candidate(mod: Any, target: Any, _params: Any) -> Any:
@@ -160,12 +141,9 @@ def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, Tune
         extracted, str(db_dir), num_threads=1
     )
     before = _records_before(database, contexts)
-    trials = [0]
+    scheduler, record, progress = scheduler_and_callback(start + seconds)
     if contexts and seconds > 0:
-        callbacks = [
-            *ms.measure_callback.MeasureCallback.create("default"),
-            _deadline_callback(start + seconds, trials),
-        ]
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), record]
         ms.tune.tune_tasks(
             tasks=contexts,
             builder=ms.builder.LocalBuilder(
@@ -180,11 +158,12 @@ def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, Tune
             database=database,
             cost_model=cost_model,
             measure_callbacks=callbacks,
+            task_scheduler=scheduler,
         )
     report = TuneReport(
         seconds_budget=float(seconds),
         seconds=round(time.monotonic() - start, 3),
-        trials=trials[0],
+        trials=progress.trials,
         tasks=len(contexts),
         tasks_with_records_before=before,
         records=len(database),
