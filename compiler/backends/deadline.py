@@ -64,7 +64,7 @@ def scheduler_and_callback(deadline: float) -> tuple[Any, Any, Progress]:
             self.turn = -1
 
         def next_task_id(self) -> int:
-            outer = self._outer()  # type: ignore[attr-defined]
+            outer = self._outer()
             tasks = outer.tasks_
             for i in range(len(tasks)):
                 outer.touch_task(i)  # joins finished measurements (callbacks run)
