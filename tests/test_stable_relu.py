@@ -1,10 +1,15 @@
 """stable_relu: golden (emitted layers and ONNX ops), numeric (onnxruntime on the
 domain), soundness (100,000 samples + PGD; exact stability of every removed
-unit by MILP; z3 equivalence of a small net) and negative tests."""
+unit by MILP; z3 equivalence of a small net) and negative tests: a ReLU stable
+only in float64, an input set that is not one box (several boxes: their hull;
+linear input constraints: refused with the line), an unsupported pattern.
+MaxPool with ceil_mode or a used Indices output is refused at import
+(tests/test_importer.py)."""
 
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +25,7 @@ from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape,
 from relugate.compiler.network import Network
 from relugate.compiler.onnx_run import TOLERANCE, mismatch, run_network
 from relugate.compiler.pipeline import Pipeline, default_passes
-from relugate.compiler.spec import read_vnnlib
+from relugate.compiler.spec import parse_vnnlib, read_vnnlib
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.milp import exact_stability_all
 from relugate.passes.analysis.pgd import max_difference
@@ -273,6 +278,66 @@ def test_relu_stable_only_in_float64_is_kept() -> None:
     assert kinds(result.network) == ["dense 1->2", "dense 2->1", "relu", "dense 1->1"]
     assert any("not folded" in note for note in result.report["notes"])
     assert_matches_onnxruntime(net, result.network, box)
+
+
+# --- a domain that is not a box ------------------------------------------------------
+
+UNION_SPEC = """(declare-const X_0 Real)
+(declare-const Y_0 Real)
+(assert (or (and (>= X_0 0) (<= X_0 0.2)) (and (>= X_0 0.8) (<= X_0 1))))
+(assert (<= Y_0 -5))
+"""
+
+
+def union_net() -> Network:
+    """z0 = 0.2 - |x - 0.5| is < 0 on [0, 0.2] and on [0.8, 1], but not on their hull
+    [0, 1]; z1 = 1 + |x - 0.5| is always active; fc1 unit 2 is inactive everywhere."""
+    fc1 = dense("fc1", [[1], [-1], [-1]], [-0.5, 0.5, -1])
+    fc2 = dense("fc2", [[-1, -1, 3], [1, 1, 3]], [0.2, 1])
+    return network((1,), [fc1, Relu("r1"), fc2, Relu("r2"), dense("out", [[1, 1]], [0])])
+
+
+def test_several_input_boxes_use_their_hull_soundly() -> None:
+    """A spec whose input set is a union of boxes: the domain is the hull (it holds every
+    case box), so a unit inactive on each box but not between them stays."""
+    from relugate.compiler.compile import resolve_domain
+
+    net = union_net()
+    prop = parse_vnnlib(UNION_SPEC)
+    assert [(c.box.lo[0], c.box.hi[0]) for c in prop.cases] == [(0.0, 0.2), (0.8, 1.0)]
+    hull = resolve_domain([prop], (), net)
+    assert hull == prop.domain() == Box(np.zeros(1), np.ones(1))
+    for case in prop.cases:  # on one case box alone, z0 is provably inactive
+        alone = run(net, case.box)
+        claims = {(e.claim, e.where.get("layer"), e.where.get("index")) for e in alone.certificate}
+        assert ("inactive", "r2", 0) in claims
+    result = run(net, hull)
+    claims = {(e.claim, e.where.get("layer"), e.where.get("index")) for e in result.certificate}
+    assert ("inactive", "r1", 2) in claims and ("inactive", "r2", 0) not in claims
+    domain = [e for e in result.certificate if e.claim == "domain"]
+    assert domain and domain[0].where == hull.to_json()
+    assert_sound(net, result.network, hull, samples=10_000)
+
+
+@pytest.mark.xfail(raises=ValueError, strict=True, reason="rank-0 basis in dependent_rows")
+def test_lone_constant_active_unit_in_a_kept_layer() -> None:
+    """A layer keeping its ReLU whose only active unit has an all-zero weight row (a
+    constant): ``stable_relu_linear.dependent_rows`` finds rank 0 and fails to reshape."""
+    net = network(
+        (1,), [dense("fc1", [[1], [0]], [-0.5, 1]), Relu("r"), dense("out", [[1, 1]], [0])]
+    )
+    box = Box(np.zeros(1), np.ones(1))
+    assert_sound(net, run(net, box).network, box, samples=1000)
+
+
+def test_non_box_input_constraint_is_refused_with_its_line(tmp_path: Path) -> None:
+    spec = tmp_path / "diag.vnnlib"
+    spec.write_text(
+        "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+        "(assert (>= X_0 0))\n(assert (<= (+ X_0 X_1) 1))\n(assert (<= Y_0 0))\n"
+    )
+    with pytest.raises(BadSpec, match=r"diag\.vnnlib:5: non-box input constraints"):
+        read_vnnlib(spec)
 
 
 def test_pipeline_includes_stable_relu() -> None:
