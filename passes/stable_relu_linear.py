@@ -87,6 +87,8 @@ def dependent_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     scale = max(float(np.abs(rows).max()), 1e-300)
     rank = int(np.sum(diag > RANK_TOL * scale))
     basis, rest = piv[:rank], piv[rank:]
+    if rank == 0:  # every row is zero: each unit is a constant, a combination of nothing
+        return basis, rest, np.zeros((0, len(rest)))
     coeffs = np.linalg.lstsq(rows[basis].T, rows[rest].T, rcond=None)[0].reshape(rank, -1)
     residual = np.abs(rows[basis].T @ coeffs - rows[rest].T).max(axis=0, initial=0.0)
     ok = residual <= RANK_TOL * scale * (1 + np.abs(coeffs).sum(axis=0))

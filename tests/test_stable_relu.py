@@ -319,10 +319,9 @@ def test_several_input_boxes_use_their_hull_soundly() -> None:
     assert_sound(net, result.network, hull, samples=10_000)
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True, reason="rank-0 basis in dependent_rows")
 def test_lone_constant_active_unit_in_a_kept_layer() -> None:
     """A layer keeping its ReLU whose only active unit has an all-zero weight row (a
-    constant): ``stable_relu_linear.dependent_rows`` finds rank 0 and fails to reshape."""
+    constant): rank 0, the constant folds into the next bias (this used to crash)."""
     net = network(
         (1,), [dense("fc1", [[1], [0]], [-0.5, 1]), Relu("r"), dense("out", [[1, 1]], [0])]
     )
