@@ -229,6 +229,7 @@ def build_report(
         "input": _spec_json(original.input),
         "output": _spec_json(original.output),
         "domain": None if domain is None else domain.to_json(),
+        "domain_is_hull_of_boxes": sum(len(p.cases) for p in props) if props else None,
         "properties": [{"source": p.source, "cases": len(p.cases)} for p in props],
         "before": original.stats(),
         "after": result.network.stats(),
