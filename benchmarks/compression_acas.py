@@ -76,7 +76,7 @@ def one_net(name: str, lp_props: tuple[int, ...], tmp: Path, console: Console) -
     rows = []
     for prop in (1, 2, 3, 4):
         box = read_vnnlib(ACAS / f"prop_{prop}.vnnlib").domain()
-        for method in ("crown", "lp") if prop in lp_props else ("crown",):
+        for method in ("crown", "split", "lp") if prop in lp_props else ("crown", "split"):
             reduced, row = compress(net, box, method)
             gap = sample_gap(original, batched(reduced), box, net.input.sample_shape)
             pgd = max_difference(net, reduced, box, np.random.default_rng(1), starts=10, steps=50)
