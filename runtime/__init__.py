@@ -34,9 +34,8 @@ def load(path: str | Path) -> Model:
     check_target(manifest)
     module = load_library(bundle, manifest)
     spec = manifest["input"]
-    executor = Executor(
-        module, device_for(manifest), tuple(spec["sample_shape"]), manifest["batch"]
-    )
+    sample, batch = tuple(spec["sample_shape"]), manifest["batch"]
+    executor = Executor(module, device_for(manifest), sample, batch, spec["has_batch"])
     return Model(manifest, executor, str(bundle))
 
 

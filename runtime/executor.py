@@ -27,16 +27,23 @@ class Executor:
 
     ``batch`` is the library's fixed batch size, or ``None`` when it was
     compiled with a symbolic batch axis.  A fixed-batch library runs larger
-    batches in chunks (the last one padded by repeating its final row).
+    batches in chunks (the last one padded by repeating its final row).  A
+    model without a batch axis (``has_batch=False``) runs row by row.
     """
 
     def __init__(
-        self, module: Any, device: Any, sample_shape: tuple[int, ...], batch: int | None
+        self,
+        module: Any,
+        device: Any,
+        sample_shape: tuple[int, ...],
+        batch: int | None,
+        has_batch: bool = True,
     ) -> None:
         self.module = module
         self.device = device
         self.sample_shape = tuple(sample_shape)
-        self.batch = batch
+        self.batch = batch if has_batch else 1
+        self.has_batch = has_batch
         self._local = threading.local()
         self._on_cpu = int(device.dlpack_device_type()) == 1  # kDLCPU
 
@@ -60,7 +67,8 @@ class Executor:
             return entry
         import tvm
 
-        tensor = tvm.runtime.empty((n, *self.sample_shape), "float32", self.device)
+        shape = (n, *self.sample_shape) if self.has_batch else self.sample_shape
+        tensor = tvm.runtime.empty(shape, "float32", self.device)
         view = np.from_dlpack(tensor) if self._on_cpu else None
         buffers[n] = (tensor, view)
         if len(buffers) > MAX_CACHED_BATCHES:
@@ -90,13 +98,15 @@ class Executor:
     def _call(self, batch: np.ndarray) -> list[np.ndarray]:
         main, buffers = self._state()
         tensor, view = self._buffer(buffers, len(batch))
+        if not self.has_batch:
+            batch = batch.reshape(self.sample_shape)
         if view is not None:
             np.copyto(view, batch, casting="no")
         else:
             tensor.copyfrom(batch)
         result = main(tensor)
-        outputs = list(result) if _is_tuple(result) else [result]
-        return [self._to_numpy(o) for o in outputs]
+        outputs = [self._to_numpy(o) for o in (list(result) if _is_tuple(result) else [result])]
+        return outputs if self.has_batch else [o[np.newaxis] for o in outputs]
 
     def _to_numpy(self, tensor: Any) -> np.ndarray:
         if self._on_cpu:

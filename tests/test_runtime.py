@@ -283,3 +283,21 @@ def test_runtime_needs_no_compiler_packages(bundle: Path, runtime_only: bool) ->
 
 def test_runtime_errors_are_relugate_errors() -> None:
     assert issubclass(rt.BundleError, RelugateError) and issubclass(rt.OutOfDomain, rt.BadInput)
+
+
+def test_model_without_batch_axis(tmp_path: Path) -> None:
+    from conftest import make_model
+    from onnx import helper
+
+    w = RNG.normal(0, 1, (4, 3)).astype(np.float32)
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+         helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        [("x", [4])], [("y", [3])], {"W": w},
+    )  # fmt: skip
+    model = rt.load(make_bundle(tmp_path / "b", model=proto, domain=None))
+    assert model.manifest["input"]["has_batch"] is False
+    x = RNG.normal(0, 1, (5, 4)).astype(np.float32)
+    want = np.maximum(x @ w, 0)
+    assert_close(want, model.run(x))  # a batch: rows one by one
+    assert_close(want[0], model.run(x[0]))  # one input, shaped like the model input

@@ -94,7 +94,10 @@ class Lowered:
 
         if self.target.name != "llvm":
             raise RelugateError(f"a {self.target.name} library cannot run on this host")
-        return CompiledModel(self.executable.mod, tvm.cpu(), self.input.sample_shape, self.batch)
+        spec = self.input
+        return CompiledModel(
+            self.executable.mod, tvm.cpu(), spec.sample_shape, self.batch, spec.has_batch
+        )
 
     def export(self, out_dir: Path) -> list[str]:
         """Write the library (and CUDA source) into ``out_dir``; return the file names."""
