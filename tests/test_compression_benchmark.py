@@ -132,8 +132,12 @@ def test_acas_rows_on_one_network(
     monkeypatch.setattr(compression_acas, "ROUNDS_1", 3)
     monkeypatch.setattr(compression_acas, "ROUNDS_1000", 2)
     rows = compression_acas.one_net("1_1", (), tmp_path, QUIET)
-    assert [r["prop"] for r in rows] == [1, 2, 3, 4]
+    assert [(r["prop"], r["method"]) for r in rows] == [
+        (p, a) for p in (1, 2, 3, 4) for a in ("crown", "split")
+    ]
     assert all(r["after"]["relus"] < r["before"]["relus"] for r in rows)
+    by = {(r["prop"], r["method"]): r["after"]["relus"] for r in rows}
+    assert all(by[p, "split"] <= by[p, "crown"] for p in (1, 2, 3, 4))
     assert all(max(r["check"]["max_abs_diff"], r["check"]["pgd_max_abs_diff"]) < 1e-5 for r in rows)
     text = "\n".join(compression_acas.markdown(rows))
     assert "| 1_1 | 3 | crown |" in text and "below 1e-5" in text
