@@ -54,6 +54,7 @@ class Model:
         self.domain = None if domain is None else domain_bounds(domain["lo"], domain["hi"])
         self._box = None
         self._bounds: list[tuple[float, float]] | None = None
+        self._tiles: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.domain is not None:  # shaped like a sample: compares without a reshape
             self._box = tuple(b.reshape(self.sample_shape) for b in self.domain)
             self._bounds = list(zip(*(b.tolist() for b in self.domain), strict=True))
@@ -113,10 +114,24 @@ class Model:
         if self._box is None:
             return int(np.count_nonzero(np.isfinite(batch))) == size
         lo, hi = self._box  # NaN compares false: such rows leave the fast path
+        if lo.size < 64:  # broadcasting over a short inner axis is slow: compare flat
+            lo, hi = self._tiled(len(batch))
+            batch = batch.reshape(-1)
         return (
             int(np.count_nonzero(batch >= lo)) == size
             and int(np.count_nonzero(batch <= hi)) == size
         )
+
+    def _tiled(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The domain bounds repeated for a batch of ``n`` (a few batch sizes kept)."""
+        tiles = self._tiles.get(n)
+        if tiles is None:
+            lo, hi = self.domain or (np.zeros(0), np.zeros(0))
+            tiles = (np.tile(lo, n), np.tile(hi, n))
+            if len(self._tiles) >= 4:
+                self._tiles.clear()
+            self._tiles[n] = tiles
+        return tiles
 
     def run_detailed(self, x: object) -> RunResult:
         """Output plus, per input row, whether it was out of domain and fired a gate."""
