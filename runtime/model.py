@@ -114,13 +114,12 @@ class Model:
         if self._box is None:
             return int(np.count_nonzero(np.isfinite(batch))) == size
         lo, hi = self._box  # NaN compares false: such rows leave the fast path
-        if lo.size < 64:  # broadcasting over a short inner axis is slow: compare flat
-            lo, hi = self._tiled(len(batch))
-            batch = batch.reshape(-1)
-        return (
-            int(np.count_nonzero(batch >= lo)) == size
-            and int(np.count_nonzero(batch <= hi)) == size
-        )
+        if lo.size >= 64:  # wide rows: columnwise min and max, two passes (NaN propagates)
+            return bool((batch.min(axis=0) >= lo).all() and (batch.max(axis=0) <= hi).all())
+        lo, hi = self._tiled(len(batch))  # broadcasting over a short axis is slow: go flat
+        flat = batch.reshape(-1)
+        at_least_lo = int(np.count_nonzero(flat >= lo))
+        return at_least_lo == size and int(np.count_nonzero(flat <= hi)) == size
 
     def _tiled(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The domain bounds repeated for a batch of ``n`` (a few batch sizes kept)."""

@@ -129,6 +129,8 @@ def test_errors() -> None:
         lower(collision(), "tpu")
     with pytest.raises(RelugateError, match="fixed shapes"):
         lower(collision(), "llvm", tune_seconds=5, tuning_db=Path("unused"))
+    with pytest.raises(RelugateError, match="host CPU"):
+        lower(collision(), "aarch64", batch=1, tune_seconds=5, tuning_db=Path("unused"))
     two_inputs = make_model(
         [helper.make_node("Add", ["a", "b"], ["y"], name="add")],
         [("a", ["N", 2]), ("b", ["N", 2])],

@@ -71,7 +71,10 @@ def reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     batched, specs = prepare(model, None)
     while len(batched.graph.output) > 1:  # keep the model's own output only
         batched.graph.output.pop()
-    return np.asarray(session(batched).run(None, {specs[0].name: x})[0])
+    sess, name = session(batched), specs[0].name
+    if not specs[0].has_batch:  # no batch axis: one row at a time
+        return np.stack([np.asarray(sess.run(None, {name: row})[0]) for row in x])
+    return np.asarray(sess.run(None, {name: x})[0])
 
 
 def assert_close(want: np.ndarray, got: np.ndarray) -> None:

@@ -242,9 +242,10 @@ def lower(
     mod, specs = import_relax(onnx_model, batch)
     start = time.monotonic()
     report = None
-    if tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir()):
-        if target == "cuda":
-            raise RelugateError("tuning is implemented for CPU targets only")
+    if tune_seconds > 0 and target != "llvm":  # candidates run where measured (no RPC here)
+        raise RelugateError("tuning is implemented for the host CPU (target llvm) only")
+    use_db = tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir())
+    if use_db and tuning_db is not None and batch is not None and target == "llvm":
         mod, report = tuning.tune(mod, info.target, tune_seconds, tuning_db)
     executable = tvm.compile(mod, target=info.target)
     lowered = Lowered(
