@@ -169,8 +169,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"end (other work shared the machine). TVM {m['tvm']}, onnxruntime "
         f"{m['onnxruntime']}. Minimum over {result['rounds']} interleaved rounds of the mean "
         "time per call, in microseconds; ratio = time / onnxruntime's (below 1: faster). "
-        "Tuning: seconds spent in this run (budget per case in the JSON; soft: one round "
-        "over all tasks always completes), records: tuning records in the cached database "
+        "Tuning: seconds spent in this run (budget per case in the JSON; overrun: at most "
+        "the batch of candidates in flight), records: tuning records in the cached database "
         "(build/tvm_tuning/, grows across runs). Load figures: of the last run; rows from "
         "earlier runs keep their own ratios.",
         "",
@@ -190,13 +190,23 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rewrite_markdown() -> None:
+    """Regenerate the .md from the .json (``--markdown-only``)."""
+    result = json.loads((RESULTS / "tvm_latency.json").read_text())
+    (RESULTS / "tvm_latency.md").write_text(markdown(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune-seconds", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", default=",".join(NETWORKS))
     parser.add_argument("--batches", default="1,1024")
+    parser.add_argument("--markdown-only", action="store_true")
     args = parser.parse_args()
+    if args.markdown_only:
+        rewrite_markdown()
+        return
     names = [n for n in args.only.split(",") if n]
     missing = [n for n in names if not NETWORKS[n][0].is_file()]
     if missing:
