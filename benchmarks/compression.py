@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from relugate import __version__
+from benchmarks.meta import run_meta
 from relugate.compiler.domain import Box
 from relugate.compiler.exporter import to_onnx
 from relugate.compiler.network import Network
@@ -209,12 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     payload = _load_previous() if set(only) != set(STUDIES) else {}
     meta = payload.setdefault("meta", {})
-    meta.update(
-        relugate=__version__,
-        machine=f"{platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}",
-        date=time.strftime("%Y-%m-%d"),
-    )
+    meta.update(run_meta())
     seconds = meta.setdefault("seconds", {})
     argvs = meta.setdefault("argv", {})
     runners: dict[str, Callable[[], Any]] = {

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import onnx
 from rich.console import Console
 from rich.progress import track
 
-from relugate import __version__
+from benchmarks.meta import run_meta
 from relugate.compiler.compile import CompileOptions, compile_model
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
@@ -136,12 +135,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for model, spec in track(instances, description="networks", console=console):
             rows.append(measure(model, spec, Path(tmp)))
-    meta = {
-        "relugate": __version__,
-        "machine": f"{platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    meta = run_meta()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "frontend.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.gates_measure import attack, latency
-from relugate import __version__
+from benchmarks.meta import run_meta
 from relugate.compiler.check import check_bundle
 from relugate.compiler.compile import CompileOptions, compile_model
 
@@ -193,14 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = [SHARED / "acasxu" / f"prop_{i}.vnnlib" for i in range(1, 5)]
         multi = run_one(SHARED / "acasxu" / MULTI_NET, specs, work / "multi", args)
         console.print("\n".join(_row_md(multi)), markup=False, highlight=False)
-    meta = {
-        "relugate": __version__,
-        "machine": f"{platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "samples": args.samples,
-        "starts": args.starts,
-    }
+    meta = run_meta(samples=args.samples, starts=args.starts)
     if args.note:
         meta["note"] = args.note
     RESULTS.mkdir(parents=True, exist_ok=True)

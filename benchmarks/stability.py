@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
-from relugate import __version__
+from benchmarks.meta import run_meta
 from relugate.compiler.domain import Box
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
@@ -282,16 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             f"milp {row['seconds']['milp']:.1f} s, violations {sum(row['violations'].values())}",
             highlight=False,
         )
-    meta = {
-        "relugate": __version__,
-        "machine": f"{platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
+    meta = run_meta(
         **{
             k: getattr(args, k)
             for k in ("milp_limit", "lp_limit", "split_boxes", "full_boxes", "samples")
         },
-    }
+    )
     args.results.mkdir(parents=True, exist_ok=True)
     data = {"meta": meta, "summary": summary(rows), "rows": rows}
     (args.results / f"{args.output}.json").write_text(json.dumps(data, indent=2) + "\n")

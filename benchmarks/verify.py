@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
-from relugate import __version__
+from benchmarks.meta import run_meta
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
 from relugate.compiler.onnx_run import run_batch
@@ -182,13 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['seconds']:.2f} s) checked={row.get('checked')}",
             highlight=False,
         )
-    meta = {
-        "relugate": __version__,
-        "machine": f"{platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "limit_seconds": args.limit_seconds,
-    }
+    meta = run_meta(limit_seconds=args.limit_seconds)
     ref_readme = ROOT / "benchmarks" / "reference" / "README.md"
     if ref_readme.is_file() and reference_rows():
         meta["reference"] = "see benchmarks/reference/README.md"
