@@ -75,3 +75,14 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write one JSON file atomically: a temporary file beside it, then one rename.
+    Readers see the old file or the new one, never a half-written one."""
+    tmp = path.absolute().parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write_json(tmp, data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

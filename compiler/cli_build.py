@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -107,36 +107,68 @@ def compile(
         str,
         typer.Option("--policy", help="Out-of-domain inputs at runtime: reject, clamp, flag."),
     ] = "reject",
+    require: Annotated[
+        str | None,
+        typer.Option(
+            "--require",
+            help="What must hold: proof (every property proved, no gate), repair (proved or "
+            "repaired by proved gates; the default), none (compile anyway; the report says so).",
+        ),
+    ] = None,
+    report_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Write the pipeline report (JSON) here, also when the compile fails.",
+        ),
+    ] = None,
 ) -> None:
     """Compile MODEL for the domain of its property and write OUT/model.onnx and OUT/report.json;
     with --spec, also verify each property and add proved output gates where it may fail
-    (OUT/certificate.json)."""
-    from relugate.compiler.compile import CompileOptions, compile_model
+    (OUT/certificate.json).  Exit codes: 0 ok, 2 usage, 3 bad input, 4 a property could
+    not be guaranteed, 5 output problem, 70 internal error."""
+    from relugate.compiler.api import run_compile, write_report
+    from relugate.compiler.step_report import summary_lines
 
-    with guard(), progress_spinner() as progress:
-        task = progress.add_task("loading", total=None)
+    with guard():
+        with progress_spinner() as progress:
+            task = progress.add_task("loading", total=None)
 
-        def on_step(name: str) -> None:
-            progress.update(task, description=f"pass {name}")
+            def on_step(name: str) -> None:
+                progress.update(task, description=f"pass {name}")
 
-        options = CompileOptions(
-            out_dir=output,
-            overwrite=force,
-            dump_ir=dump_ir,
-            verify_each=verify_each,
-            on_step=on_step,
-            gates=not no_gates,
-            gate_timeout=gate_timeout,
-            pass_options={"stability": stability, "maxpool": "relu" if maxpool_to_relu else "keep"},
-            target=None if target == "none" else target,
-            batch=batch,
-            tune_seconds=tune_seconds,
-            tuning_db=tuning_db,
-            policy=policy,
-        )
-        result = compile_model(model, options, specs=spec or [], input_box=input_box or [])
-        progress.update(task, description="done")
-    report = result.report
+            outcome = run_compile(
+                model,
+                spec or [],
+                output,
+                input_box=input_box or [],
+                require=require,
+                target=target,
+                policy=policy,
+                gates=not no_gates,
+                gate_timeout=gate_timeout,
+                stability=stability,
+                maxpool_to_relu=maxpool_to_relu,
+                batch=batch,
+                tune_seconds=tune_seconds,
+                tuning_db=tuning_db,
+                force=force,
+                dump_ir=dump_ir,
+                verify_each=verify_each,
+                on_step=on_step,
+            )
+            progress.update(task, description="done")
+        if report_path is not None:
+            write_report(report_path, outcome.report)
+        if outcome.ok:
+            _print_compiled(outcome.report["compile"], output, as_json, time_passes)
+        if not as_json:
+            for line in summary_lines(outcome.report):
+                out.print(line, highlight=False, markup=False)
+        outcome.raise_for_status()
+
+
+def _print_compiled(report: dict[str, Any], output: Path, as_json: bool, time_passes: bool) -> None:
     if as_json:
         out.print_json(json.dumps(report))
         return

@@ -4,13 +4,17 @@ load -> import -> property/domain -> pipeline -> export -> check against the
 original in onnxruntime -> (with specs) verify, gate and prove
 (``certificate.gate_model``) -> write ``model.onnx``, ``report.json`` (and
 ``certificate.json``) atomically.  The check against the original compares
-the UNGATED network: gates change outputs on purpose.
+the UNGATED network: gates change outputs on purpose.  ``options.require``
+says what the gate step must achieve (``compiler/guarantee.py``); a ``Trace``
+records the seconds of every stage and what is known so far, for the report
+of a compile that fails.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -24,9 +28,15 @@ from relugate.compiler.atomic import atomic_directory, check_target, write_json
 from relugate.compiler.backends.tvm import Lowered, lower
 from relugate.compiler.bundle import POLICIES, write_bundle
 from relugate.compiler.domain import Box
-from relugate.compiler.errors import BadSpec, EquivalenceError
+from relugate.compiler.errors import BadSpec, EquivalenceError, ProofFailed
 from relugate.compiler.exporter import to_onnx
 from relugate.compiler.frontend import LoadedModel, load_model
+from relugate.compiler.guarantee import (
+    enforce_proof,
+    guarantee_json,
+    proof_failure,
+    resolve_require,
+)
 from relugate.compiler.importer import import_network
 from relugate.compiler.instruments import DumpIR, VerifyEach, default_box
 from relugate.compiler.network import Network, TensorSpec
@@ -57,6 +67,7 @@ class CompileOptions:
     tune_seconds: float = 0.0  # MetaSchedule budget (needs batch and tuning_db)
     tuning_db: Path | None = None
     policy: str = "reject"  # out-of-domain inputs at runtime: reject | clamp | flag
+    require: str | None = None  # proof | repair | none (None: repair, or none without gates)
     on_step: Callable[[str], None] | None = field(default=None, repr=False)
 
 
@@ -99,18 +110,51 @@ def resolve_domain(props: Sequence[Property], input_box: Sequence[str], net: Net
     return Box(lo, hi)
 
 
+class Trace:
+    """Where a compile is and what it has found so far: seconds per stage, and the report
+    entries known at each point, so that the report of a failed compile says where it
+    stopped and what it had learned (``compiler/api.py``)."""
+
+    def __init__(self) -> None:
+        self.stage = "start"
+        self.stages: dict[str, float] = {}
+        self.facts: dict[str, Any] = {}
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.stage = name
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - start, 6)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self._started, 6)
+
+    def timings(self) -> dict[str, Any]:
+        passes = [(p["name"], p["seconds"]) for p in self.facts.get("passes", [])]
+        return {"stages": dict(self.stages), "passes": dict(passes), "total": self.total()}
+
+
 def compile_model(
     model: str | Path,
     options: CompileOptions,
     specs: Sequence[str | Path] = (),
     input_box: Sequence[str] = (),
+    trace: Trace | None = None,
 ) -> CompileResult:
-    started = time.perf_counter()
-    check_target(options.out_dir, options.overwrite)
-    loaded = load_model(model)
-    net = import_network(loaded)
-    props = load_properties([Path(s) for s in specs], net)
-    domain = resolve_domain(props, input_box, net)
+    trace = trace if trace is not None else Trace()
+    require = resolve_require(options.require, options.gates)
+    with trace.step("load"):
+        check_target(options.out_dir, options.overwrite)
+        loaded = load_model(model)
+        net = import_network(loaded)
+        trace.facts["before"] = net.stats()
+    with trace.step("spec"):
+        props = load_properties([Path(s) for s in specs], net)
+        domain = resolve_domain(props, input_box, net)
     instruments: list[Instrument] = []
     verifier = VerifyEach(domain, options.verify_samples) if options.verify_each else None
     if verifier is not None:
@@ -118,14 +162,23 @@ def compile_model(
     if options.dump_ir is not None:
         instruments.append(DumpIR(options.dump_ir))
     pipeline = Pipeline(default_passes(), instruments, options.on_step)
-    result = pipeline.run(net, PassContext(domain=domain, options=options.pass_options))
-    exported = to_onnx(result.network)
-    check = check_against_original(loaded, net, exported, domain, options.check_samples)
-    gating = _gate(loaded, exported, net, props, specs, options, domain)
+    with trace.step("passes"):
+        result = pipeline.run(net, PassContext(domain=domain, options=options.pass_options))
+        trace.facts["after"] = result.network.stats()
+        trace.facts["passes"] = [step.to_json() for step in result.steps]
+    with trace.step("check"):
+        exported = to_onnx(result.network)
+        check = check_against_original(loaded, net, exported, domain, options.check_samples)
+    with trace.step("gates"):
+        gating, failure = _gate_as_required(
+            loaded, exported, net, props, specs, options, domain, require, trace
+        )
+    guarantee = guarantee_json(require, props, gating, failure)
     shipped = exported if gating is None else gating.model
     report = build_report(loaded, net, result, props, domain, check, verifier)
     if gating is not None:
         report.update(gating.report)
+    report["guarantee"] = guarantee
     data = shipped.SerializeToString()
     cert = None
     if gating is not None:
@@ -133,11 +186,13 @@ def compile_model(
         cert = gating.certificate(
             loaded, props, paths, domain, sha256(data).hexdigest(), options.gate_timeout
         )
-    lowered = _lower(shipped, options)
+    with trace.step("library"):
+        lowered = _lower(shipped, options)
     if lowered is not None:
         report["backend"] = _backend_json(lowered)
-    report["seconds"] = round(time.perf_counter() - started, 4)
-    with atomic_directory(options.out_dir, options.overwrite) as tmp:
+    report["seconds"] = round(trace.total(), 4)
+    report["timings"] = trace.timings()
+    with trace.step("write"), atomic_directory(options.out_dir, options.overwrite) as tmp:
         write_json(tmp / "report.json", report)
         if lowered is not None:
             write_bundle(tmp, lowered, shipped, cert, domain, options.policy)
@@ -145,7 +200,36 @@ def compile_model(
             (tmp / "model.onnx").write_bytes(data)
             if cert is not None:
                 write_json(tmp / "certificate.json", cert)
+    trace.stage = "done"
     return CompileResult(result.network, report, options.out_dir)
+
+
+def _gate_as_required(
+    loaded: LoadedModel,
+    exported: onnx.ModelProto,
+    net: Network,
+    props: Sequence[Property],
+    specs: Sequence[str | Path],
+    options: CompileOptions,
+    domain: Box | None,
+    require: str,
+    trace: Trace,
+) -> tuple[Gating | None, ProofFailed | None]:
+    """The gate step under ``require`` (``compiler/guarantee.py``): the gating, or, with
+    ``none``, the reason none could be proved."""
+    try:
+        gating = _gate(loaded, exported, net, props, specs, options, domain)
+    except ProofFailed as exc:
+        trace.facts["guarantee"] = guarantee_json(require, props, None, exc)
+        if require == "none":
+            return None, exc
+        raise proof_failure(require, exc) from exc
+    if gating is not None:
+        trace.facts["guarantee"] = guarantee_json(require, props, gating)
+        trace.facts["verdict_original"] = gating.report["verdict_original"]
+        if require == "proof":
+            enforce_proof(gating)
+    return gating, None
 
 
 def _lower(model: onnx.ModelProto, options: CompileOptions) -> Lowered | None:
@@ -154,9 +238,7 @@ def _lower(model: onnx.ModelProto, options: CompileOptions) -> Lowered | None:
         return None
     if options.policy not in POLICIES:
         raise BadSpec(f"--policy must be one of {', '.join(POLICIES)}, not {options.policy!r}")
-    return lower(
-        model, options.target, options.batch, options.tune_seconds, options.tuning_db
-    )
+    return lower(model, options.target, options.batch, options.tune_seconds, options.tuning_db)
 
 
 def _backend_json(lowered: Lowered) -> dict[str, Any]:

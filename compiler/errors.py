@@ -40,6 +40,19 @@ class BadSpec(RelugateError):
     kind = "bad spec"
 
 
+class ConfigError(RelugateError):
+    """A project config file (``relugate.toml`` or ``[tool.relugate]``) is malformed."""
+
+    kind = "bad config"
+
+
+class UsageError(RelugateError):
+    """Options that contradict each other or take no such value (exit code 2)."""
+
+    exit_code = 2
+    kind = "usage error"
+
+
 class BadInput(RelugateError):
     """A runtime input has the wrong shape or dtype, or holds NaN/Inf."""
 
