@@ -20,11 +20,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relugate.compiler.atomic import write_json_atomic
 from relugate.compiler.errors import INTERNAL_ERROR_EXIT, BundleError, RelugateError
 from relugate.compiler.step_report import pipeline_report
+
+if TYPE_CHECKING:
+    from relugate.compiler.verify import VerifyResult
 
 PathLike = str | Path
 
@@ -189,3 +192,18 @@ def compile(
     if outcome.error is not None and not isinstance(outcome.error, RelugateError):
         raise outcome.error
     return outcome
+
+
+def verify(
+    model: PathLike,
+    spec: PathLike | Sequence[PathLike],
+    *,
+    timeout: float = 60.0,
+    seed: int = 0,
+) -> VerifyResult:
+    """Verify the properties in ``spec`` on ``model``, as ``relugate verify`` does: a
+    ``VerifyResult`` with ``verdict`` (holds, violated, unknown), ``method``, ``seconds``
+    and, when violated, a ``counterexample``.  Bad input raises its ``RelugateError``."""
+    from relugate.compiler.verify import verify_model
+
+    return verify_model(model, _as_list(spec), timeout=timeout, seed=seed)

@@ -99,9 +99,9 @@ def _percent(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
+def summary_lines(report: dict[str, Any], name: str | None = None) -> list[str]:
     """A few plain lines for people: verdicts, ReLUs removed, gates, fidelity, time."""
-    model = Path(report["request"]["model"]).name
+    model = name or Path(report["request"]["model"]).name
     head = f"relugate: {model}: {report['status']} (exit {report['exit_code']})"
     if report["error"] is not None:
         head += f", stopped in {report['stage']}: {report['error']['kind']}"
