@@ -21,6 +21,7 @@ from relugate.compiler.network import Network
 from relugate.compiler.spec import Polytope
 from relugate.passes.analysis.alpha import optimized_spec_bounds
 from relugate.passes.analysis.attack import unsafe_margin
+from relugate.passes.analysis.bounds import Bounds
 from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
 from relugate.passes.analysis.steps import Step
 
@@ -36,12 +37,19 @@ class SearchResult:
 
 
 def refuted(
-    steps: Sequence[Step], lo: np.ndarray, hi: np.ndarray, poly: Polytope, alpha_iterations: int = 8
+    steps: Sequence[Step],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    poly: Polytope,
+    alpha_iterations: int = 8,
+    bounds: Bounds | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per box: proved safe?, the best row's slack (lb - b), and that row's input coefficients.
 
-    CROWN first; the boxes it leaves open get optimized lower slopes (alpha)."""
-    bounds = crown_bounds(steps, lo, hi)
+    CROWN first; the boxes it leaves open get optimized lower slopes (alpha).
+    ``bounds``: CROWN bounds already computed on these boxes (reused, e.g. for
+    several polytopes of one case)."""
+    bounds = crown_bounds(steps, lo, hi) if bounds is None else bounds
     lb, coeffs = spec_lower_bounds(steps, bounds, poly.A)
     slack = lb - poly.b
     proved = (slack > 0).any(axis=1)
