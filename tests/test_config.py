@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from cli_helpers import assert_no_traceback, invoke, says
+from conftest import ROOT
 from pipeline_helpers import MODEL, SPEC, read_report, violated_spec
 
 from relugate.compiler.config import find_config, load_config
@@ -145,3 +147,18 @@ def test_build_without_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     result = invoke("build")
     assert result.exit_code == 3 and says(result.stderr, "error (bad config)", "--config FILE")
+
+
+def test_readme_config_example(tmp_path: Path) -> None:
+    """The README's relugate.toml loads as documented."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Project config") :]
+    match = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert match, "no toml block in the README's Project config section"
+    (tmp_path / "relugate.toml").write_text(match.group(1))
+    loaded = load_config(tmp_path / "relugate.toml")
+    first, second = loaded.entries
+    assert first.options == {"target": "llvm", "require": "proof", "gate_timeout": 30}
+    assert first.out == tmp_path / "build" / "relugate" / "collision"
+    assert second.input_box == ("0,100", "-10,30", "0,40") and second.out == tmp_path / "build/wide"
+    assert loaded.report == tmp_path / "build" / "relugate" / "build-report.json"
