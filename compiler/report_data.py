@@ -348,6 +348,11 @@ def sample_firing(bundle: Path, n: int, seed: int = 0, chunk: int = 4096) -> Fir
     """Run the bundle's runtime on ``n`` uniform samples of its domain; its counters."""
     import relugate.runtime
 
+    if not (Path(bundle) / "manifest.json").is_file():
+        raise BundleError(
+            f"{bundle}: no library to run for --sample (compiled without --target, or with "
+            "--target none); give --stats from a deployed model instead"
+        )
     model = relugate.runtime.load(bundle)
     if model.domain is None:
         raise BundleError(f"{bundle}: the bundle has no domain to sample (compiled without one)")

@@ -59,13 +59,17 @@ def _figure(salt: str, width: float, height: float) -> Iterator[Any]:
         yield Figure(figsize=(width, height), layout="constrained")
 
 
-def _svg(fig: Any) -> str:
-    """The figure as an ``<svg>`` element (XML declaration, doctype and comments dropped)."""
+def _svg(fig: Any, prefix: str) -> str:
+    """The figure as an ``<svg>`` element (XML declaration, doctype and comments dropped),
+    its ids prefixed: matplotlib numbers them per figure (``figure_1``, ``axes_1``), so
+    two figures inline in one page would share them."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
-    text = text[text.index("<svg") :]
-    return re.sub(r"<!--.*?-->", "", text, flags=re.S).strip()
+    text = re.sub(r"<!--.*?-->", "", text[text.index("<svg") :], flags=re.S).strip()
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', text)
+    return re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", text)
 
 
 def _width_for(n: int) -> float:
@@ -89,7 +93,7 @@ def relu_layers_svg(layers: Sequence[ReluLayer]) -> str:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(frameon=False, ncols=2, loc="upper right")
         ax.set_ylim(0, max([*before, *after, 1]) * 1.15)
-        return _svg(fig)
+        return _svg(fig, "relus")
 
 
 def pass_steps_svg(passes: Sequence[dict[str, Any]]) -> str:
@@ -113,7 +117,7 @@ def pass_steps_svg(passes: Sequence[dict[str, Any]]) -> str:
         ax.set_ylim(0, 110)
         ax.tick_params(axis="x", labelrotation=20)
         ax.legend(frameon=False, ncols=3, loc="lower left")
-        return _svg(fig)
+        return _svg(fig, "passes")
 
 
 def bound_widths_svg(widths: Sequence[LayerWidths]) -> str:
@@ -148,7 +152,7 @@ def bound_widths_svg(widths: Sequence[LayerWidths]) -> str:
         ax.set_ylabel("pre-activation width (hi - lo)")
         handles = [h for h in ax.get_lines() if h.get_label() in ("interval", "CROWN")]
         ax.legend(handles=handles, frameon=False, ncols=2, loc="upper left")
-        return _svg(fig)
+        return _svg(fig, "widths")
 
 
 def firing_svg(firing: Firing, names: Sequence[str]) -> str:
@@ -163,4 +167,4 @@ def firing_svg(firing: Firing, names: Sequence[str]) -> str:
         ax.bar_label(bars, labels=[f"{r:.2f}%" for r in [all_rate, *rates]], fontsize=7)
         ax.set_ylabel("% of inputs changed by a gate")
         ax.set_ylim(0, max([all_rate, *rates, 1.0]) * 1.2)
-        return _svg(fig)
+        return _svg(fig, "firing")
