@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-ORDER = ["frontend", "verify", "stability", "compression", "gates", "tvm_latency"]
+ORDER = ["frontend", "verify", "stability", "compression", "gates", "characterize", "tvm_latency"]
 
 
 def main(argv: list[str]) -> int:

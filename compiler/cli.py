@@ -17,7 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 # Importing a command module registers its commands on the app.
-from relugate.compiler import cli_build, cli_project, cli_report, cli_run, cli_serve, cli_verify  # noqa: F401
+from relugate.compiler import (  # noqa: F401
+    cli_build,
+    cli_characterize,
+    cli_project,
+    cli_report,
+    cli_run,
+    cli_serve,
+    cli_verify,
+)
 from relugate.compiler.cli_app import app
 
 __all__ = ["app", "main"]

@@ -41,7 +41,7 @@ BATCH = 16
 """Candidate patterns bounded together."""
 SAMPLES = 10_000
 """Samples of a case's box for each region estimate."""
-MILP_SECONDS = 5.0
+MILP_SECONDS = 2.0
 """Time limit of the MILP tried on a first candidate that beta-CROWN leaves open."""
 
 
@@ -132,18 +132,20 @@ def find_patterns(
         prover = _Prover(steps, case, state.layers)
         todo = np.ones(safe.size, bool)
         mine: list[Pattern] = []
-        while todo.any() and time.monotonic() < deadline and len(found) < max_patterns:
-            pick = np.flatnonzero(todo)[np.argmax(vol[safe[todo]])]
-            todo[pick] = False
-            sigma = np.where(prover.fixed != 0, 0, lv.pattern[safe[pick]]).astype(np.int8)
+        while todo.any() and time.monotonic() < deadline and len(found) + len(mine) < max_patterns:
+            batch = np.flatnonzero(todo)[np.argsort(-vol[safe[todo]], kind="stable")[:BATCH]]
+            todo[batch] = False
+            cand = np.where(prover.fixed != 0, 0, lv.pattern[safe[batch]]).astype(np.int8)
+            ok = prover.prove(cand)
             method = "beta-crown"
-            if not prover.prove(sigma[None])[0]:
-                left = deadline - time.monotonic()
-                if left < 1 or not prover.prove_milp(sigma, min(MILP_SECONDS, left)):
-                    continue
-                method = "milp"
+            if ok.any():
+                sigma = _shrink(prover, cand[int(np.argmax(ok))], deadline)
+                todo[batch[ok]] = True  # proved too: covered below, or tried again
             else:
-                sigma = _shrink(prover, sigma, deadline)
+                left = deadline - time.monotonic()
+                if left < 1 or not prover.prove_milp(cand[0], min(MILP_SECONDS, left)):
+                    continue
+                sigma, method = cand[0], "milp"
             sup = np.flatnonzero(sigma)
             agree = np.all(lv.pattern[np.ix_(safe, sup)] == sigma[sup], axis=1)
             todo &= ~agree
