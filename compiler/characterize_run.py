@@ -90,14 +90,15 @@ def characterize_model(
             raise BadSpec(f"{output} was written with --method {data.get('method')}")
         resume_leaves(data, state, output)
     validate = OrtValidator(loaded.path, net.input)
-    last = [time.monotonic()]
+    last = [time.monotonic(), 0.0]  # time of the last checkpoint, seconds it took
 
     def each_round(s: Characterization) -> None:
         if on_round is not None:
             on_round(s)
-        if output is not None and time.monotonic() - last[0] >= CHECKPOINT_SECONDS:
+        now = time.monotonic()
+        if output is not None and now - last[0] >= max(CHECKPOINT_SECONDS, 10 * last[1]):
             write_atomic(output, to_json(s, header, {}))
-            last[0] = time.monotonic()
+            last[:] = [time.monotonic(), time.monotonic() - now]  # big files: write less often
 
     characterize(net, steps, state, validate, time.monotonic() + timeout, on_round=each_round)
     patterns: dict[str, Any] = {}
