@@ -102,7 +102,7 @@ model.onnx).</figcaption></figure>
 {% if width_plot %}<figure class="plot" id="plot-widths">{{ width_plot }}
 <figcaption>Pre-activation bound widths (hi - lo) of each ReLU layer of the final network on
 the domain,
-sound for float32 execution; boxes: quartiles, whiskers: 1.5 IQR, dots: outliers.</figcaption>
+sound for float32 execution; boxes: quartiles and median, whiskers: min and max.</figcaption>
 </figure>
 <table id="width-table"><tr><th class="l">layer</th><th>units</th><th>interval median</th>
 <th>interval max</th>
@@ -123,7 +123,8 @@ sound for float32 execution; boxes: quartiles, whiskers: 1.5 IQR, dots: outliers
 <td class="l {{ v.css }}">{{ v.verdict }}</td><td class="l">{{ v.method }}</td>
 <td>{{ v.seconds }}</td><td class="l">{{ v.gated }}</td></tr>
 {% endfor %}</table>
-{% else %}<p class="note">Compiled without a property: no verdicts, gates or proofs.</p>
+{% else %}<p class="note">No verdicts, gates or proofs: compiled without a property,
+or with --no-gates.</p>
 {% endif %}
 {% if gates %}
 <table id="gates"><tr><th>#</th><th class="l">property / case</th><th class="l">gate</th>
@@ -362,8 +363,9 @@ def page_context(data: BundleReport) -> dict[str, Any]:
             for p in data.passes
         ],
         "check_note": (
-            f"Checked against the original in onnxruntime on {_n(check.get('samples'))} inputs "
-            f"of the domain: max relative error {_g(check.get('max_relative_error'), 2)} "
+            f"Checked against the original in onnxruntime on {_n(check.get('samples'))} inputs"
+            f"{' of the domain' if report.get('domain') else ''}: max relative error "
+            f"{_g(check.get('max_relative_error'), 2)} "
             f"(tolerance {_g(check.get('tolerance'), 2)})."
             if check
             else ""

@@ -24,6 +24,13 @@ from relugate.compiler.report_data import Firing, LayerWidths, ReluLayer
 BEFORE, AFTER = "#9aa5b1", "#1f6feb"
 INTERVAL, CROWN = "#e3a008", "#1f6feb"
 FIRED = "#d1242f"
+LEGEND_ABOVE: dict[str, Any] = {
+    "frameon": False,
+    "ncols": 3,
+    "loc": "lower left",
+    "bbox_to_anchor": (0.0, 1.0),
+    "borderaxespad": 0.2,
+}
 
 
 class MissingReportExtra(RelugateError):
@@ -91,7 +98,7 @@ def relu_layers_svg(layers: Sequence[ReluLayer]) -> str:
         ax.set_xticks(x, [lay.name for lay in layers], rotation=30 if len(layers) > 6 else 0)
         ax.set_ylabel("ReLU units")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(frameon=False, ncols=2, loc="upper right")
+        ax.legend(**LEGEND_ABOVE)
         ax.set_ylim(0, max([*before, *after, 1]) * 1.15)
         return _svg(fig, "relus")
 
@@ -100,7 +107,7 @@ def pass_steps_svg(passes: Sequence[dict[str, Any]]) -> str:
     """ReLUs, parameters and FLOPs after each pass, as a share of the input model's."""
     with _figure("passes", _width_for(len(passes) + 1), 2.8) as fig:
         ax = fig.add_subplot()
-        labels = ["input", *(str(p["name"]) for p in passes)]
+        labels = ["imported", *(str(p["name"]) for p in passes)]
         lines = (
             ("relus", AFTER, "o", "-"),
             ("params", INTERVAL, "s", "--"),
@@ -116,7 +123,7 @@ def pass_steps_svg(passes: Sequence[dict[str, Any]]) -> str:
         ax.set_ylabel("% of input")
         ax.set_ylim(0, 110)
         ax.tick_params(axis="x", labelrotation=20)
-        ax.legend(frameon=False, ncols=3, loc="lower left")
+        ax.legend(**LEGEND_ABOVE)
         return _svg(fig, "passes")
 
 
@@ -137,9 +144,8 @@ def bound_widths_svg(widths: Sequence[LayerWidths]) -> str:
                 [np.maximum(d, 1e-12) for d in data],
                 positions=x + dx,
                 widths=0.35,
+                whis=(0, 100),  # whiskers at min and max: no flier markers, small SVG
                 patch_artist=True,
-                showfliers=True,
-                flierprops={"markersize": 2, "markeredgecolor": color},
                 medianprops={"color": "black"},
             )
             for box in parts["boxes"]:
@@ -151,7 +157,7 @@ def bound_widths_svg(widths: Sequence[LayerWidths]) -> str:
         ax.set_xticks(x, [w.name for w in widths], rotation=30 if len(widths) > 6 else 0)
         ax.set_ylabel("pre-activation width (hi - lo)")
         handles = [h for h in ax.get_lines() if h.get_label() in ("interval", "CROWN")]
-        ax.legend(handles=handles, frameon=False, ncols=2, loc="upper left")
+        ax.legend(handles=handles, **LEGEND_ABOVE)
         return _svg(fig, "widths")
 
 
