@@ -252,6 +252,11 @@ def test_firing_from_stats_file(gated: Path, tmp_path: Path) -> None:
     path = tmp_path / "stats.json"
     path.write_text(json.dumps(stats))
     text = text_of(walk(write_page(gated, tmp_path / "r.html", "--stats", str(path))))
+    # the HTTP endpoint's GET /stats wraps the same snapshot
+    served = tmp_path / "served.json"
+    served.write_text(json.dumps({"model": stats, "server": {"requests": 3}}))
+    again = text_of(walk(write_page(gated, tmp_path / "s.html", "--stats", str(served))))
+    assert again.replace(str(served), str(path)) == text
     assert "a gate changed the output of 37 (3.70%)" in text
     assert "out of domain 4 (rejected 0, clamped 4, flagged 0)" in text
     formula = report_of(gated)["gates"][0]["formula"]
