@@ -285,10 +285,10 @@ _STATS_INTS = ("inputs", "gate_fired")
 def firing_from_stats(stats: object, source: str, n_outputs: int | None = None) -> Firing:
     """A ``Firing`` from the JSON of ``relugate.runtime``'s ``Model.stats()``, or of the
     HTTP endpoint's ``GET /stats`` (``{"model": model.stats(), "server": ...}``)."""
+    if isinstance(stats, dict) and "inputs" not in stats and isinstance(stats.get("model"), dict):
+        stats = stats["model"]
     if not isinstance(stats, dict):
         raise BadInput(f"{source}: expected the JSON object of model.stats()")
-    if "inputs" not in stats and isinstance(stats.get("model"), dict):
-        stats = stats["model"]
     for key in _STATS_INTS:
         value = stats.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
