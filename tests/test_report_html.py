@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -377,6 +378,18 @@ def test_bad_stats_is_bad_input(
     result = invoke("report", gated, "--html", "-o", out, "--stats", path, *extra)
     assert result.exit_code == 3, result.output
     assert says(result.stderr, needle), result.stderr
+    assert not out.exists()
+
+
+def test_without_matplotlib(gated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text summary needs neither matplotlib nor jinja2; --html says what to install."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    assert invoke("report", gated, "--bounds", "none").exit_code == 0
+    out = tmp_path / "r.html"
+    result = invoke("report", gated, "--html", "-o", out, "--bounds", "none")
+    assert result.exit_code == 3, result.output
+    assert says(result.stderr, "missing dependency", "pip install 'relugate[report]'")
     assert not out.exists()
 
 
