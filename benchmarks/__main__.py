@@ -14,7 +14,16 @@ import subprocess
 import sys
 import time
 
-ORDER = ["frontend", "verify", "stability", "compression", "gates", "characterize", "tvm_latency"]
+ORDER = [
+    "frontend",
+    "verify",
+    "stability",
+    "compression",
+    "gates",
+    "characterize",
+    "tvm_latency",
+    "serve",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,9 @@
 
     python -m relugate.runtime.serve BUNDLE [--host 127.0.0.1] [--port 8080] [--max-body BYTES]
 
-(``relugate serve`` does the same from the full install.)  Endpoints:
+(``relugate serve`` does the same from the full install; ``--host`` and ``--port``
+default to ``$RELUGATE_HOST`` and ``$RELUGATE_PORT``, which the Docker image sets.)
+Endpoints:
 
 ``GET /health``   200 ``{"status": "ok", "bundle": ..., "model": {input, output, target,
                   policy, gated, domain, versions}}``
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -188,8 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m relugate.runtime.serve", description="Serve a relugate bundle over HTTP."
     )
     parser.add_argument("bundle", help="bundle folder (written by relugate compile)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
-    parser.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    host = os.environ.get("RELUGATE_HOST", "127.0.0.1")
+    port = os.environ.get("RELUGATE_PORT", "8080")
+    parser.add_argument(
+        "--host",
+        default=host,
+        help="address to bind (0.0.0.0: all); default $RELUGATE_HOST or 127.0.0.1",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=port,
+        help="port (0: any free port); default $RELUGATE_PORT or 8080",
+    )
     parser.add_argument("--max-body", type=int, default=MAX_BODY, help="request body limit")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
