@@ -35,6 +35,11 @@ class ReluLayer:
     name: str
     before: int
     after: int  # 0: the layer's ReLU was removed (or all its units)
+    # stable_relu's account of the layer (None where it has none): units it proved
+    # inactive and removed, and, in its last round, units proved active and unstable ones
+    inactive_removed: int | None = None
+    active: int | None = None
+    unstable: int | None = None
 
 
 @dataclass(frozen=True)
@@ -231,18 +236,35 @@ def relu_layers(
     report: dict[str, Any], cert: dict[str, Any] | None, final: dict[str, int]
 ) -> tuple[list[ReluLayer], str]:
     """Per ReLU layer: units before and after the pipeline, and where 'before' came from."""
+    rows: dict[str, dict[str, Any]] = {}
+    for step in report["passes"]:
+        if step["name"] == "stable_relu":
+            layers = (step.get("details") or {}).get("layers") or {}
+            if isinstance(layers, dict):
+                rows = {str(k): v for k, v in layers.items() if isinstance(v, dict)}
     before = _original_sizes(report, cert)
     source = "original model"
     if before is None:
         source = "stable_relu's input (original model not found)"
-        before = {}
-        for step in report["passes"]:
-            if step["name"] == "stable_relu":
-                layers = (step.get("details") or {}).get("layers") or {}
-                before = {name: int(row["units"]) for name, row in layers.items()}
-        before = {**{n: u for n, u in final.items() if n not in before}, **before}
+        units = {n: row["units"] for n, row in rows.items() if isinstance(row.get("units"), int)}
+        before = {**{n: u for n, u in final.items() if n not in units}, **units}
     names = list(before) + [n for n in final if n not in before]
-    return [ReluLayer(n, before.get(n, 0), final.get(n, 0)) for n in names], source
+
+    def count(name: str, key: str) -> int | None:
+        value = rows.get(name, {}).get(key)
+        return value if isinstance(value, int) else None
+
+    return [
+        ReluLayer(
+            n,
+            before.get(n, 0),
+            final.get(n, 0),
+            count(n, "inactive_removed"),
+            count(n, "active"),
+            count(n, "unstable"),
+        )
+        for n in names
+    ], source
 
 
 # -- bounds ----------------------------------------------------------------------------

@@ -92,10 +92,14 @@ model's.</figcaption></figure>{% endif %}
 <figcaption>ReLU units per layer: before ({{ relu_source }}) and after (the bundle's
 model.onnx).</figcaption></figure>
 <table id="relu-table"><tr><th class="l">layer</th><th>before</th><th>after</th>
-<th>removed</th></tr>
+<th>removed</th><th>proved inactive (removed)</th><th>proved active</th><th>unstable</th></tr>
 {% for r in relu_rows %}<tr><td class="l">{{ r.name }}</td><td>{{ r.before }}</td>
-<td>{{ r.after }}</td><td>{{ r.removed }}</td></tr>
+<td>{{ r.after }}</td><td>{{ r.removed }}</td><td>{{ r.inactive_removed }}</td>
+<td>{{ r.active }}</td><td>{{ r.unstable }}</td></tr>
 {% endfor %}</table>
+<p class="note">The last three columns are stable_relu's account on the domain (active and
+unstable: its last round). Units removed beyond the proved-inactive ones were eliminated as
+linearly dependent; proved-active units keep their ReLU unless the whole layer is active.</p>
 {% else %}<p class="note">The network has no ReLU layer.</p>{% endif %}
 
 <h2 id="bounds">Bound widths</h2>
@@ -377,6 +381,9 @@ def page_context(data: BundleReport) -> dict[str, Any]:
                 "before": _n(r.before),
                 "after": _n(r.after),
                 "removed": _n(r.before - r.after),
+                "inactive_removed": _n(r.inactive_removed),
+                "active": _n(r.active),
+                "unstable": _n(r.unstable),
             }
             for r in data.relu_layers
         ],

@@ -37,8 +37,12 @@ def report_tables(data: BundleReport) -> list[Table | str]:
     parts.append(
         _table(
             f"ReLUs per layer (before: {ctx['relu_source']})",
-            ["layer", "before", "after", "removed"],
-            [[r["name"], r["before"], r["after"], r["removed"]] for r in ctx["relu_rows"]],
+            ["layer", "before", "after", "removed", "inactive removed", "active", "unstable"],
+            [
+                [r[k] for k in ("name", "before", "after", "removed")]
+                + [r[k] for k in ("inactive_removed", "active", "unstable")]
+                for r in ctx["relu_rows"]
+            ],
         )
     )
     if ctx["width_rows"]:

@@ -193,7 +193,11 @@ def test_ungated_page_and_relu_counts(ungated: Path, tmp_path: Path) -> None:
     details = report["passes"][-1]["details"]["layers"]
     for row in data.relu_layers:  # per layer, the units stable_relu removed
         removed = details[row.name]["inactive_removed"]
-        assert row.before - row.after >= removed
+        assert row.inactive_removed == removed and row.before - row.after >= removed
+        assert (row.active, row.unstable) == (
+            details[row.name]["active"],
+            details[row.name]["unstable"],
+        )
         assert f"{row.name} {row.before} {row.after} {row.before - row.after}" in text
 
 
