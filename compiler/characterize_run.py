@@ -102,7 +102,7 @@ def characterize_model(
 
     characterize(net, steps, state, validate, time.monotonic() + timeout, on_round=each_round)
     patterns: dict[str, Any] = {}
-    if method == "crown" and pattern_timeout > 0:
+    if method != "interval" and pattern_timeout > 0:
         deadline = time.monotonic() + pattern_timeout
         patterns = find_patterns(steps, state, deadline, np.random.default_rng(seed))
     data = to_json(state, header, patterns)

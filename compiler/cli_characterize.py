@@ -27,7 +27,8 @@ def characterize(
         typer.Option("--pattern-timeout", help="Seconds for activation patterns after.", min=0.0),
     ] = 20.0,
     method: Annotated[
-        str, typer.Option("--method", help="crown (default) or interval (plain bisection).")
+        str,
+        typer.Option("--method", help="crown (default), crown-widest, interval (plain bisection)."),
     ] = "crown",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the boxes already in OUTPUT.")

@@ -15,6 +15,8 @@ way) and bounds them:
   bound's sensitivity is largest (``bab.split``); a counterexample stays with
   the child holding it, and boxes with one keep being split to carve out
   their safe parts.
+* ``crown-widest``: the same, but bisecting the widest (relative) input
+  (an ablation of the bound-guided choice).
 * ``interval``: the plain baseline: interval bounds, widest (relative)
   input first, no counterexample search.
 
@@ -41,7 +43,7 @@ from relugate.passes.analysis.steps import U64, ReluStep, Step
 
 OPEN, SAFE, UNSAFE = 0, 1, 2
 STATUS = {OPEN: "undecided", SAFE: "safe", UNSAFE: "unsafe"}
-METHODS = ("crown", "interval")
+METHODS = ("crown", "crown-widest", "interval")
 
 Validate = Callable[[np.ndarray], np.ndarray]
 """Float32 inputs (k, n) -> outputs (k, m) of the original model in onnxruntime."""
@@ -197,7 +199,8 @@ def _round(
         if state.method == "interval":
             parts.append(_interval_round(steps, case, sub, state.scale[int(c)]))
         else:
-            parts.append(_crown_round(net, steps, case, sub, validate, state.scale[int(c)]))
+            guided = state.method == "crown"
+            parts.append(_crown_round(net, steps, case, sub, validate, state.scale[int(c)], guided))
     return Leaves.concat(parts)
 
 
@@ -208,6 +211,7 @@ def _crown_round(
     work: Leaves,
     validate: Validate,
     scale: np.ndarray,
+    guided: bool = True,
 ) -> Leaves:
     bounds = crown_bounds(steps, work.lo, work.hi)
     safe = np.ones(work.count, bool)
@@ -229,7 +233,7 @@ def _crown_round(
             everywhere |= _all_unsafe(steps, sub, poly)
         _probe(net, case, work, todo, coeffs[todo], everywhere, validate)
         work.proved_unsafe[todo] = everywhere & (work.status[todo] == UNSAFE)
-    score = np.abs(coeffs) * (work.hi - work.lo)
+    score = np.abs(coeffs) * (work.hi - work.lo) if guided else np.zeros(work.lo.shape)
     return _split_open(work, score, scale)
 
 
