@@ -272,3 +272,52 @@ def test_cli_bad_spec_is_an_error(run: dict[str, Any], tmp_path: Path) -> None:
     result = invoke("characterize", run["model"], "--spec", broken, "-o", tmp_path / "r.json")
     assert result.exit_code == 3
     assert_no_traceback(result.output)
+
+
+def test_several_cases_are_characterized_each_on_its_box(tmp_path: Path) -> None:
+    model = save_model(mlp_model([2, 16, 16, 2], seed=3), tmp_path / "net.onnx")
+    t = round(margin_quantile(model, 0.9), 4)
+    spec = tmp_path / "two.vnnlib"
+    spec.write_text(
+        "(declare-const X_0 Real)\n(declare-const X_1 Real)\n"
+        "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+        "(assert (or (and (>= X_0 -1) (<= X_0 0) (>= X_1 -1) (<= X_1 1))\n"
+        "            (and (>= X_0 0.5) (<= X_0 1) (>= X_1 0) (<= X_1 0.25))))\n"
+        f"(assert (>= Y_0 (+ Y_1 {t})))\n"
+    )
+    _, data = characterize_model(model, spec, None, timeout=2.0, pattern_timeout=1.0)
+    assert len(data["cases"]) == 2
+    for c, case in enumerate(data["cases"]):
+        vol = case["volume"]
+        assert vol["safe"] + vol["unsafe"] + vol["undecided"] == pytest.approx(1.0)
+        mine = [b for b in data["boxes"] if b["case"] == c]
+        lo, hi = np.array([b["lo"] for b in mine]), np.array([b["hi"] for b in mine])
+        assert np.all(lo >= case["box"]["lo"]) and np.all(hi <= case["box"]["hi"])
+    lo, hi = boxes(data, "safe")
+    x = inside32((lo + hi) / 2, lo, hi)
+    assert not ort_unsafe(model, spec, x).any()
+
+
+def test_an_interrupted_run_leaves_a_checkpoint_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import relugate.compiler.characterize_run as runner
+
+    monkeypatch.setattr(runner, "CHECKPOINT_SECONDS", 0.0)
+    model = save_model(mlp_model([2, 16, 16, 2], seed=3), tmp_path / "net.onnx")
+    spec = write_spec(tmp_path / "p.vnnlib", round(margin_quantile(model, 0.9), 4))
+    out = tmp_path / "r.json"
+    rounds = []
+
+    def interrupt(state: Any) -> None:
+        rounds.append(state.processed)
+        if len(rounds) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        characterize_model(model, spec, out, timeout=30, pattern_timeout=0, on_round=interrupt)
+    saved = json.loads(out.read_text())
+    assert saved["boxes_processed"] == rounds[1] and not saved["complete"]
+    assert not list(tmp_path.glob(".r.json.tmp-*"))  # no half-written file left
+    _, data = characterize_model(model, spec, out, timeout=0.5, pattern_timeout=0, resume=True)
+    assert data["boxes_processed"] > rounds[1]
