@@ -306,3 +306,33 @@ def test_relugate_serve_command(reject_bundle: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+PREDICT = BLOCKER.replace("relugate.runtime.serve", "relugate.runtime.predict")
+
+
+def test_predict_command_needs_only_the_runtime(reject_bundle: Path, tmp_path: Path) -> None:
+    """``python -m relugate.runtime.predict`` (the runtime image's CLI): outputs equal
+    ``model.run``, written atomically; bad files and bundles give the CLI's exit codes."""
+    x = rows(np.random.default_rng(4), 6)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+
+    def predict_cli(*args: Path | str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", PREDICT, *map(str, args)],
+            capture_output=True, text=True, env=env, timeout=300, check=False,
+        )  # fmt: skip
+
+    done = predict_cli(reject_bundle, tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), rt.load(reject_bundle).run(x))
+    summary = json.loads(done.stderr.strip().splitlines()[-1])
+    assert summary["rows"] == 6 and summary["stats"]["inputs"] == 6
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    done = predict_cli(reject_bundle, tmp_path / "bad.npy")
+    assert done.returncode == 3 and "not a readable .npy" in done.stderr, done.stderr
+    done = predict_cli(tmp_path, tmp_path / "x.npy")
+    assert done.returncode == 5 and "no manifest.json" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
