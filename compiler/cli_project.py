@@ -22,7 +22,8 @@ def build(
         Path | None,
         typer.Option(
             "--config",
-            help="Config file (default: ./relugate.toml, else ./pyproject.toml [tool.relugate]).",
+            help="Config file (default: ./relugate.toml, else the \\[tool.relugate] table "
+            "of ./pyproject.toml).",
         ),
     ] = None,
     only: Annotated[

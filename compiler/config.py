@@ -216,6 +216,8 @@ def _entry(
     base = path.absolute().parent
     specs = _path_list(path, f"{where}specs", raw.get("specs", raw.get("spec", [])))
     boxes = _path_list(path, f"{where}input_box", raw.get("input_box", []))
+    if specs and boxes:
+        raise ConfigError(f"{path}: {where}input_box: give specs or input_box, not both")
     out = raw.get("out", str(out_dir / name))
     if not isinstance(out, str):
         raise ConfigError(f"{path}: {where}out must be a folder path, not {out!r}")

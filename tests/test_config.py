@@ -89,6 +89,7 @@ BAD = [  # (text to replace, replacement, what the message must say)
     ('name = "strict"', 'name = "../up"', ["models[1].name", "'../up'"]),
     ('specs = ["violated.vnnlib"]', "specs = [1]", ["(strict).specs", "list of strings"]),
     ('spec = "', 'specs = ["x"]\nspec = "', ["spec and specs"]),
+    ('spec = "', 'input_box = ["0,1"]\nspec = "', ["(collision).input_box", "not both"]),
     ('out_dir = "bundles"', 'outdir = "bundles"', ["outdir", "did you mean 'out_dir'"]),
     ('model = "', 'modle = "x"\nmodel = "', ["models[0] (collision).modle", "mean 'model'"]),
     ("[[models]]", "[models]", ["not valid TOML"]),
