@@ -147,8 +147,9 @@ def compile_model(
 ) -> CompileResult:
     trace = trace if trace is not None else Trace()
     require = resolve_require(options.require, options.gates)
-    with trace.step("load"):
+    with trace.step("output"):
         check_target(options.out_dir, options.overwrite)
+    with trace.step("load"):
         loaded = load_model(model)
         net = import_network(loaded)
         trace.facts["before"] = net.stats()

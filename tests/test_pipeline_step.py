@@ -181,7 +181,7 @@ def test_exit_3_bad_model(tmp_path: Path) -> None:
 def test_exit_5_output_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("not a folder")
     code, report, _, stderr = compile_step(tmp_path, MODEL, "--spec", SPEC)
-    assert code == 5 and report["error"]["kind"] == "bundle error"
+    assert code == 5 and report["error"]["kind"] == "bundle error" and report["stage"] == "output"
     assert says(stderr, "exists and is not a folder")
     assert (tmp_path / "out").read_text() == "not a folder"
 
