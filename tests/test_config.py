@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from cli_helpers import assert_no_traceback, invoke, says
 from conftest import ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pipeline_helpers import MODEL, SPEC, read_report, violated_spec
 
-from relugate.compiler.config import find_config, load_config
+from relugate.compiler.config import ENTRY_KEYS, NAME, OPTIONS, find_config, load_config
 from relugate.compiler.errors import ConfigError
 
 TWO_MODELS = f"""
@@ -163,3 +166,53 @@ def test_readme_config_example(tmp_path: Path) -> None:
     assert first.out == tmp_path / "build" / "relugate" / "collision"
     assert second.input_box == ("0,100", "-10,30", "0,40") and second.out == tmp_path / "build/wide"
     assert loaded.report == tmp_path / "build" / "relugate" / "build-report.json"
+
+
+KEYS = [*OPTIONS, *ENTRY_KEYS, "bogus"]
+VALUES = st.one_of(
+    st.sampled_from(["none", "proof", "repair", "llvm", "reject", "auto", "m.onnx", "a/b"]),
+    st.text(max_size=12),
+    st.integers(-3, 3),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.text(max_size=6), max_size=3),
+)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if abs(value) == float("inf"):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return json.dumps(value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    defaults=st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=3),
+    entries=st.lists(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=3), max_size=3),
+)
+def test_any_config_loads_or_says_why(
+    tmp_path_factory: pytest.TempPathFactory,
+    defaults: dict[str, object],
+    entries: list[dict[str, object]],
+) -> None:
+    """Whatever the keys and values, a config loads or raises ConfigError, nothing else."""
+    lines = ["[defaults]", *(f"{k} = {_toml_value(v)}" for k, v in defaults.items())]
+    for i, extra in enumerate(entries):
+        entry = {"name": f"m{i}", "model": "m.onnx", **extra}  # a valid start, then anything
+        lines += ["[[models]]", *(f"{k} = {_toml_value(v)}" for k, v in entry.items())]
+    path = tmp_path_factory.mktemp("cfg") / "relugate.toml"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        assert str(exc).startswith(str(path))
+        return
+    for entry in loaded.entries:  # what loads is what the checks allow
+        assert set(entry.options) <= set(OPTIONS)
+        assert NAME.match(entry.name)
