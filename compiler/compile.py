@@ -34,6 +34,7 @@ from relugate.compiler.frontend import LoadedModel, load_model
 from relugate.compiler.guarantee import (
     enforce_proof,
     guarantee_json,
+    original_verdicts,
     proof_failure,
     resolve_require,
 )
@@ -171,10 +172,9 @@ def compile_model(
         exported = to_onnx(result.network)
         check = check_against_original(loaded, net, exported, domain, options.check_samples)
     with trace.step("gates"):
-        gating, failure = _gate_as_required(
+        gating, guarantee = _gate_as_required(
             loaded, exported, net, props, specs, options, domain, require, trace
         )
-    guarantee = guarantee_json(require, props, gating, failure)
     shipped = exported if gating is None else gating.model
     report = build_report(loaded, net, result, props, domain, check, verifier)
     if gating is not None:
@@ -215,22 +215,26 @@ def _gate_as_required(
     domain: Box | None,
     require: str,
     trace: Trace,
-) -> tuple[Gating | None, ProofFailed | None]:
-    """The gate step under ``require`` (``compiler/guarantee.py``): the gating, or, with
-    ``none``, the reason none could be proved."""
+) -> tuple[Gating | None, dict[str, Any]]:
+    """The gate step under ``require`` (``compiler/guarantee.py``): the gating (None when
+    there is none, or, with ``none``, when no gate could be proved) and the guarantee."""
     try:
         gating = _gate(loaded, exported, net, props, specs, options, domain)
     except ProofFailed as exc:
-        trace.facts["guarantee"] = guarantee_json(require, props, None, exc)
-        if require == "none":
-            return None, exc
-        raise proof_failure(require, exc) from exc
+        if require != "none":
+            trace.facts["guarantee"] = guarantee_json(require, props, None, exc)
+            raise proof_failure(require, exc) from exc
+        verdicts = original_verdicts(loaded.path, [Path(s) for s in specs], options.gate_timeout)
+        guarantee = guarantee_json(require, props, None, exc, verdicts)
+        trace.facts["guarantee"] = guarantee
+        return None, guarantee
+    guarantee = guarantee_json(require, props, gating)
+    trace.facts["guarantee"] = guarantee
     if gating is not None:
-        trace.facts["guarantee"] = guarantee_json(require, props, gating)
         trace.facts["verdict_original"] = gating.report["verdict_original"]
         if require == "proof":
             enforce_proof(gating)
-    return gating, None
+    return gating, guarantee
 
 
 def _lower(model: onnx.ModelProto, options: CompileOptions) -> Lowered | None:

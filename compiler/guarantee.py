@@ -5,7 +5,8 @@
 - ``repair`` (the default): every property is proved, or repaired by output
   gates that are themselves proved (exit 4 when a gate cannot be proved).
 - ``none``: compile even when nothing can be guaranteed; the report says so.
-  A property whose gates cannot be proved leaves the model ungated.
+  A property whose gates cannot be proved leaves the model ungated (and the
+  report gives each property's verdict on the original, verified again).
 
 ``--no-gates`` skips verification altogether, so it goes only with ``none``
 (the level it implies when ``--require`` is not given).
@@ -18,6 +19,7 @@ whether the level was met, and per property its verdict and status.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relugate.compiler.errors import ProofFailed, UsageError
@@ -64,18 +66,32 @@ def _rows(gating: Gating) -> list[dict[str, Any]]:
     return rows
 
 
-def _unchecked(props: Sequence[Property], status: str) -> list[dict[str, Any]]:
+def _unchecked(
+    props: Sequence[Property], status: str, verdicts: Sequence[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    known = list(verdicts) if verdicts is not None else [{}] * len(props)
     return [
         {
             "source": p.source,
-            "verdict": None,
-            "method": None,
+            "verdict": v.get("verdict"),
+            "method": v.get("method"),
             "core_verdict": None,
             "gated": False,
             "status": status,
         }
-        for p in props
+        for p, v in zip(props, known, strict=True)
     ]
+
+
+def original_verdicts(
+    original: Path, specs: Sequence[Path], timeout: float
+) -> list[dict[str, Any]]:
+    """Verdict and method of each spec on the original model (``relugate verify``): what
+    the report of a ``--require none`` compile says when no gate could be proved."""
+    from relugate.compiler.verify import verify_model  # verify imports compile, which imports us
+
+    results = [verify_model(original, [spec], timeout=timeout) for spec in specs]
+    return [{"verdict": r.verdict, "method": r.method} for r in results]
 
 
 def guarantee_json(
@@ -83,13 +99,16 @@ def guarantee_json(
     props: Sequence[Property],
     gating: Gating | None,
     failure: ProofFailed | None = None,
+    verdicts: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The report's ``guarantee`` entry for a compile that got this far."""
+    """The report's ``guarantee`` entry for a compile that got this far (``verdicts``: on
+    the original, when known although the gates failed)."""
     message = None
     if not props:
         status, rows = "no properties", []
     elif failure is not None:
-        status, rows, message = "not guaranteed", _unchecked(props, "not guaranteed"), str(failure)
+        status, message = "not guaranteed", str(failure)
+        rows = _unchecked(props, status, verdicts)
     elif gating is None:
         status, rows = "not checked", _unchecked(props, "not checked")
     else:

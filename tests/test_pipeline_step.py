@@ -120,6 +120,7 @@ def test_exit_4_unrepairable_and_require_none(tmp_path: Path) -> None:
     assert (guarantee["status"], guarantee["met"]) == ("not guaranteed", True)
     assert says(guarantee["message"], "covering.vnnlib")
     assert guarantee["properties"][0]["status"] == "not guaranteed"
+    assert guarantee["properties"][0]["verdict"] == "violated"  # every output is unsafe
     assert not (tmp_path / "out" / "certificate.json").exists()
     shipped = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert not any(n.name.startswith("relugate_gate") for n in shipped.graph.node)
