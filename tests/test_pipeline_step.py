@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +19,7 @@ from cli_helpers import (
     says,
     unsupported_model,
 )
-from conftest import save_model
+from conftest import ROOT, save_model
 from pipeline_helpers import (
     MODEL,
     SPEC,
@@ -29,7 +30,7 @@ from pipeline_helpers import (
     violated_spec,
 )
 
-from relugate.compiler import atomic
+from relugate.compiler import atomic, cli, errors
 from relugate.compiler import compile as compile_mod
 from relugate.compiler.pipeline import pass_names
 
@@ -268,3 +269,21 @@ def test_as_a_pipeline_step_with_the_installed_script(tmp_path: Path) -> None:
     report = read_report(tmp_path / "strict.json")
     assert report["exit_code"] == 4 and report["error"]["kind"] == "not guaranteed"
     assert "relugate: collision.onnx: failed (exit 4)" in strict.stdout
+
+
+def test_exit_codes_documented_and_stable() -> None:
+    """Every error class maps to a documented code; README and cli.py list the same codes."""
+    documented = {0, 2, 3, 4, 5, 70}
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Exit codes") : readme.index("### Pipeline use")]
+    assert {int(c) for c in re.findall(r"^\| (\d+) \|", table, re.M)} == documented
+    assert {int(c) for c in re.findall(r"^(\d+) ", cli.__doc__ or "", re.M)} == documented
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    codes = {cls.__name__: cls.exit_code for cls in subclasses(errors.RelugateError)}
+    assert set(codes.values()) <= documented - {0}, codes
+    assert (codes["UsageError"], codes["BadSpec"], codes["ConfigError"]) == (2, 3, 3)
+    assert (codes["ProofFailed"], codes["BundleError"]) == (4, 5)
+    assert errors.INTERNAL_ERROR_EXIT == 70
