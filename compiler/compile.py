@@ -171,6 +171,7 @@ def compile_model(
     with trace.step("check"):
         exported = to_onnx(result.network)
         check = check_against_original(loaded, net, exported, domain, options.check_samples)
+        trace.facts["check"] = check
     with trace.step("gates"):
         gating, guarantee = _gate_as_required(
             loaded, exported, net, props, specs, options, domain, require, trace
@@ -231,7 +232,7 @@ def _gate_as_required(
     guarantee = guarantee_json(require, props, gating)
     trace.facts["guarantee"] = guarantee
     if gating is not None:
-        trace.facts["verdict_original"] = gating.report["verdict_original"]
+        trace.facts.update(gating.report)  # verdicts, gates, fidelity
         if require == "proof":
             enforce_proof(gating)
     return gating, guarantee

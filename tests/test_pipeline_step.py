@@ -98,7 +98,9 @@ def test_exit_4_require_proof_refuses_a_gate(tmp_path: Path) -> None:
     guarantee = report["guarantee"]
     assert guarantee["require"] == "proof" and not guarantee["met"]
     assert guarantee["properties"][0]["verdict"] == "violated"
-    assert report["summary"]["relus_after"] is not None  # known when it stopped
+    summary = report["summary"]  # what was known when it stopped
+    assert summary["relus_after"] is not None and summary["max_relative_error"] is not None
+    assert summary["gates"] >= 1  # the gates it would have needed
     assert not (tmp_path / "out").exists()
 
 
