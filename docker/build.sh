@@ -11,7 +11,8 @@
 # 4. run the image's entrypoint (buildah run), call /health, /predict and the HEALTHCHECK
 #    command, and print the image size.
 # Buildah keeps its own storage in WORK (vfs driver: no overlay mounts needed).  apt-get
-# installs buildah and debootstrap when missing.  The last line printed is a JSON summary.
+# installs buildah and debootstrap when missing.  REUSE_IMAGE=1 skips step 3 when the
+# image exists.  The last line printed is a JSON summary.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -49,19 +50,33 @@ if ! bah inspect --type image "$base" >/dev/null 2>&1; then
   ctr=$(bah from scratch)
   mnt=$(bah mount "$ctr")
   cp -a "$work/rootfs/." "$mnt/"
+  # this machine's CA bundle (minbase has none; a proxy that re-signs TLS needs its CA for
+  # pip): what a site's own base image would carry
+  ca=${HOST_CA_BUNDLE:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
+  cert_env=
+  if [ -f "$ca" ]; then
+    mkdir -p "$mnt/etc/ssl/certs"
+    cp "$ca" "$mnt/etc/ssl/certs/ca-certificates.crt"
+    cert_env="--env PIP_CERT=/etc/ssl/certs/ca-certificates.crt --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
+  fi
   bah umount "$ctr" >/dev/null
+  # shellcheck disable=SC2086  # cert_env: options, split on purpose
   bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --env LANG=C.UTF-8 --cmd /bin/bash "$ctr"
+    --env LANG=C.UTF-8 $cert_env --cmd /bin/bash "$ctr"
   bah commit --quiet --format docker "$ctr" "$base" >/dev/null
   bah rm "$ctr" >/dev/null
 fi
 
 # 3. the image
-say "buildah bud ($arch) -> $image"
 start=$(date +%s)
-bah bud --isolation chroot --format docker --pull never --layers=false \
-  --build-arg BASE="$base" --build-arg TARGETARCH="$arch" \
-  -f "$repo/docker/Dockerfile" -t "$image" "$repo" >&2
+if [ "${REUSE_IMAGE:-0}" = 1 ] && bah inspect --type image "$image" >/dev/null 2>&1; then
+  say "reusing $image (REUSE_IMAGE=1)"
+else
+  say "buildah bud ($arch) -> $image"
+  bah bud --isolation chroot --format docker --pull=never --layers=false \
+    --build-arg BASE="$base" --build-arg TARGETARCH="$arch" \
+    -f "$repo/docker/Dockerfile" -t "$image" "$repo" >&2
+fi
 build_s=$(( $(date +%s) - start ))
 size=$(bah images --format '{{.Size}}' "$image" | head -n 1)
 base_size=$(bah images --format '{{.Size}}' "$base" | head -n 1)
@@ -73,7 +88,7 @@ if [ "$arch" != amd64 ]; then
   exit 0
 fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-ctr=$(bah from --pull-never "$image")
+ctr=$(bah from --pull=never "$image")
 server=
 cleanup() {
   if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
@@ -84,16 +99,18 @@ mnt=$(bah mount "$ctr")  # the bundle as built, for comparisons on the host
 rm -rf "$work/bundle" && cp -r "$mnt/opt/relugate/bundle" "$work/bundle"
 bah umount "$ctr" >/dev/null
 bah config --env RELUGATE_HOST=127.0.0.1 --env RELUGATE_PORT="$port" "$ctr"
-entry=$(bah inspect --format '{{range .Docker.Config.Entrypoint}}{{.}} {{end}}{{range .Docker.Config.Cmd}}{{.}} {{end}}' "$ctr")
-health=$(bah inspect --type image --format '{{json .Docker.Config.Healthcheck.Test}}' "$image")
+config=$(bah inspect --type image "$image")  # JSON; the Docker config holds the run settings
+field() { printf '%s' "$config" | python3 -c "import json, shlex, sys; c = json.load(sys.stdin)['Docker']['config']; $1"; }
+entry=$(field 'print(shlex.join(c["Entrypoint"] + c["Cmd"]))')
+check=$(field 'print(shlex.join(c["Healthcheck"]["Test"][1:]))')
 say "run: $entry(port $port)"
-# shellcheck disable=SC2086  # the entrypoint and command, split into words as in the image
-bah run --isolation chroot "$ctr" -- $entry >&2 &
+# not through bah(): $! must be buildah's own pid (it forwards SIGTERM to the server)
+buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs \
+  run --isolation chroot "$ctr" -- sh -c "exec $entry" >&2 &
 server=$!
 summary=$(python3 "$here/smoke.py" "http://127.0.0.1:$port" "image=$image" "arch=$arch" \
   "size=$size" "base_size=$base_size" "build_s=$build_s")
-say "HEALTHCHECK $health"
-check=$(python3 -c 'import json, shlex, sys; print(shlex.join(json.loads(sys.argv[1])[1:]))' "$health")
+say "HEALTHCHECK $check"
 bah run --isolation chroot "$ctr" -- sh -c "$check" >&2
 say "healthcheck passed; endpoint answered"
 echo "$summary"

@@ -124,7 +124,7 @@ def test_image_builds_and_serves() -> None:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    ctr = bah("from", "--pull-never", summary["image"])
+    ctr = bah("from", "--pull=never", summary["image"])
     try:
         mnt = Path(bah("mount", ctr))
         site = mnt / "opt" / "relugate" / "site"
