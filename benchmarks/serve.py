@@ -42,7 +42,7 @@ CASES = [(1, True), (1, False), (64, True)]  # (rows per request, keep-alive)
 def compile_bundle(out: Path) -> Path:
     from relugate.compiler.compile import CompileOptions, compile_model
 
-    compile_model(MODEL, CompileOptions(out_dir=out, overwrite=True), specs=[SPEC])
+    compile_model(MODEL, CompileOptions(out_dir=out, overwrite=True, target="llvm"), specs=[SPEC])
     return out
 
 
@@ -91,6 +91,7 @@ def one_case(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import relugate.runtime as rt
 
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="relugate-serve-bench-") as tmp:
         bundle = compile_bundle(Path(tmp) / "bundle")
         reference = rt.load(bundle)
@@ -139,7 +140,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = sum(c["requests"] * c["rows_per_request"] for c in cases)
     if stats["model"]["inputs"] != rows:
         raise SystemExit(f"the server counted {stats['model']['inputs']} rows, not {rows}")
-    meta = run_meta(requests=args.requests, clients=args.clients, cores=os.cpu_count())
+    meta = run_meta(
+        requests=args.requests,
+        clients=args.clients,
+        cores=os.cpu_count(),
+        load_average_at_start=round(load_start, 2),
+        load_average_at_end=round(os.getloadavg()[0], 2),
+    )
     return {**meta, "server_stats": stats, "cases": cases}
 
 
@@ -149,7 +156,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"`python -m relugate.runtime.serve` on the shipped example bundle (collision net, "
         f"llvm), relugate {result['relugate']}, {result['machine']}, {result['cores']} cores "
-        f"shared by server and clients, {result['date']}. {result['clients']} concurrent "
+        f"shared by server and clients (load average {result['load_average_at_start']:.1f} at "
+        f"start, {result['load_average_at_end']:.1f} at end: other work shared the machine), "
+        f"{result['date']}. {result['clients']} concurrent "
         "clients (threads of one process), each request's latency measured by its client; "
         "every answer compared bit for bit with `Model.run` on the same input.",
         "",
