@@ -96,6 +96,7 @@ def build_manifest(
         "gates": {
             "nodes": lowered.gate_nodes,
             "ungated_output": 1 if gated else None,
+            "packed": gated,  # one library output: concat([output, ungated], axis=0)
             "firing": "an input fires a gate when the gated and ungated outputs differ"
             if gated
             else None,

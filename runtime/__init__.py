@@ -35,7 +35,8 @@ def load(path: str | Path) -> Model:
     module = load_library(bundle, manifest)
     spec = manifest["input"]
     sample, batch = tuple(spec["sample_shape"]), manifest["batch"]
-    executor = Executor(module, device_for(manifest), sample, batch, spec["has_batch"])
+    packed = bool(manifest["gates"].get("packed", False))  # older bundles: two outputs
+    executor = Executor(module, device_for(manifest), sample, batch, spec["has_batch"], packed)
     return Model(manifest, executor, str(bundle))
 
 

@@ -29,6 +29,9 @@ class Executor:
     compiled with a symbolic batch axis.  A fixed-batch library runs larger
     batches in chunks (the last one padded by repeating its final row).  A
     model without a batch axis (``has_batch=False``) runs row by row.
+    ``packed``: the library returns one tensor holding two outputs one after the
+    other on its leading axis (a gated model: the output, then the ungated one);
+    ``run_all`` splits it into two views.
     """
 
     def __init__(
@@ -38,12 +41,14 @@ class Executor:
         sample_shape: tuple[int, ...],
         batch: int | None,
         has_batch: bool = True,
+        packed: bool = False,
     ) -> None:
         self.module = module
         self.device = device
         self.sample_shape = tuple(sample_shape)
         self.batch = batch if has_batch else 1
         self.has_batch = has_batch
+        self.packed = packed
         self._local = threading.local()
         self._on_cpu = int(device.dlpack_device_type()) == 1  # kDLCPU
 
@@ -106,12 +111,20 @@ class Executor:
             tensor.copyfrom(batch)
         result = main(tensor)
         outputs = [self._to_numpy(o) for o in (list(result) if _is_tuple(result) else [result])]
+        if self.packed:
+            outputs = _unpack(outputs[0])
         return outputs if self.has_batch else [o[np.newaxis] for o in outputs]
 
     def _to_numpy(self, tensor: Any) -> np.ndarray:
         if self._on_cpu:
             return np.from_dlpack(tensor)  # zero copy: the VM allocated it for this call
         return np.asarray(tensor.numpy())
+
+
+def _unpack(both: np.ndarray) -> list[np.ndarray]:
+    """``[output, ungated]`` from their concatenation on the leading axis."""
+    half = len(both) // 2
+    return [both[:half], both[half:]]
 
 
 def _is_tuple(value: Any) -> bool:

@@ -17,8 +17,11 @@ optionally tunes it with MetaSchedule (``tuning.py``), and builds it with
 
 Gated models: when the model holds output gates (nodes ``relugate_gate/...``
 reading ``<out>_ungated``), the ungated output becomes a second output of
-the library, so the runtime can count the inputs on which a gate changed the
-output by comparing the two (no second compile, no extra graph nodes).
+the library (packed with the output into one tensor, ``concat(axis=0)``), so the
+runtime can count the inputs on which a gate changed the output by comparing
+the two (no second compile).  On
+CPU targets the gate ops are fused into the last layer's kernel
+(``gate_fusion.py``): one kernel writes both outputs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import onnx
 
 from relugate.compiler.backends import tuning
 from relugate.compiler.backends.cuda import compile_cuda_source, cuda_source
+from relugate.compiler.backends.gate_fusion import fuse_with_gates
 from relugate.compiler.backends.targets import CROSS_GCC, TargetInfo, resolve_target
 from relugate.compiler.errors import RelugateError, UnsupportedModel
 from relugate.runtime.executor import Executor
@@ -46,6 +50,7 @@ output, through preallocated per-thread input tensors and zero-copy output views
 BATCH_PARAM = "batch"
 GATE_PREFIX = "relugate_gate/"
 UNGATED_SUFFIX = "_ungated"
+PACKED_SUFFIX = "_and_ungated"  # the packed library output: concat([out, ungated], axis=0)
 
 
 @dataclass
@@ -96,7 +101,12 @@ class Lowered:
             raise RelugateError(f"a {self.target.name} library cannot run on this host")
         spec = self.input
         return CompiledModel(
-            self.executable.mod, tvm.cpu(), spec.sample_shape, self.batch, spec.has_batch
+            self.executable.mod,
+            tvm.cpu(),
+            spec.sample_shape,
+            self.batch,
+            spec.has_batch,
+            packed=self.gated,
         )
 
     def export(self, out_dir: Path) -> list[str]:
@@ -176,17 +186,36 @@ def prepare(model: onnx.ModelProto, batch: int | None) -> tuple[onnx.ModelProto,
     if batch is not None and not specs[0].has_batch and batch != 1:
         raise UnsupportedModel(f"input {specs[0].name!r} has no batch axis; use batch=1")
     ungated = specs[1].name + UNGATED_SUFFIX
+    _set_shape(graph.input[0], specs[0].shape(batch))
+    _set_shape(graph.output[0], specs[1].shape(batch))
     if any(n.name.startswith(GATE_PREFIX) for n in graph.node) and any(
         ungated in n.output for n in graph.node
     ):
-        out = graph.output.add()
-        out.CopyFrom(graph.output[0])
-        out.name = ungated
         specs.append(IOSpec(ungated, specs[1].sample_shape, specs[1].has_batch))
-    _set_shape(graph.input[0], specs[0].shape(batch))
-    for value, spec in zip(graph.output, specs[1:], strict=True):
-        _set_shape(value, spec.shape(batch))
+        _pack_outputs(graph, specs[1], ungated, batch)
     return model, specs
+
+
+def _pack_outputs(graph: onnx.GraphProto, out: IOSpec, ungated: str, batch: int | None) -> None:
+    """Make the library's one output ``concat([out, ungated], axis=0)``.
+
+    One output tensor (instead of two) lets the gate ops fuse into the last layer's
+    kernel (``gate_fusion``: a tensor that leaves the function ends a fused group);
+    stacking on the leading axis keeps both halves contiguous, so ``Executor`` splits
+    it into two views without copying."""
+    shape = out.shape(batch)
+    if not shape:
+        raise UnsupportedModel(f"gated output {out.name!r} must have at least one axis")
+    packed = out.name + PACKED_SUFFIX
+    graph.node.append(
+        onnx.helper.make_node(
+            "Concat", [out.name, ungated], [packed], name=GATE_PREFIX + "pack", axis=0
+        )
+    )
+    value = graph.output[0]
+    value.name = packed
+    first = shape[0]
+    _set_shape(value, [f"2*{first}" if isinstance(first, str) else 2 * first, *shape[1:]])
 
 
 def gate_node_count(model: onnx.ModelProto) -> int:
@@ -244,6 +273,8 @@ def lower(
     report = None
     if tune_seconds > 0 and target != "llvm":  # candidates run where measured (no RPC here)
         raise RelugateError("tuning is implemented for the host CPU (target llvm) only")
+    if info.target.kind.name == "llvm":  # gated: the gates share the last layer's kernel
+        mod = fuse_with_gates(mod, info.target)
     use_db = tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir())
     if use_db and tuning_db is not None and batch is not None and target == "llvm":
         mod, report = tuning.tune(mod, info.target, tune_seconds, tuning_db)
