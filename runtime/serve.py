@@ -25,8 +25,10 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +39,8 @@ from relugate.runtime.endpoint import MAX_BODY, Endpoint, Reply, error
 
 READ_TIMEOUT_S = 30.0
 """A connection idle (or sending its body) this long is closed."""
+LINGER_S = 2.0
+"""How long a refused request's unread body is drained before the connection closes."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -131,6 +135,23 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+        if self.close_connection:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Before closing a connection whose request body was not read: stop sending, then
+        read and drop what the client still sends (for up to LINGER_S).  Closing with
+        unread data makes the kernel reset the connection, and a client still sending its
+        body could lose the answer (nginx's lingering close)."""
+        deadline = time.monotonic() + LINGER_S
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(65536):
+                    break
+        except OSError:  # reset by the client, timed out: nothing more to do
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.access_log:
