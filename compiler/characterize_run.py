@@ -18,7 +18,7 @@ import numpy as np
 
 from relugate.compiler.certificate import sha256_file
 from relugate.compiler.compile import load_properties
-from relugate.compiler.errors import BadSpec
+from relugate.compiler.errors import BadSpec, BundleError
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
 from relugate.compiler.network import TensorSpec
@@ -89,6 +89,11 @@ def characterize_model(
         if data.get("method") != method:
             raise BadSpec(f"{output} was written with --method {data.get('method')}")
         resume_leaves(data, state, output)
+    if output is not None:  # fail now, not at the first checkpoint
+        try:
+            output.absolute().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BundleError(f"cannot write {output}: {exc.strerror or exc}") from exc
     validate = OrtValidator(loaded.path, net.input)
     last = [time.monotonic(), 0.0]  # time of the last checkpoint, seconds it took
 

@@ -226,7 +226,8 @@ def test_runtime_regions_needs_only_numpy() -> None:
 def test_cli_writes_regions_and_plot(run: dict[str, Any], tmp_path: Path) -> None:
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     args = ["characterize", run["model"], "--spec", run["spec"], "-o", out, "--timeout", "1"]
-    result = invoke(*args, "--pattern-timeout", "1", "--plot", png, "--dims", "1,0")
+    args += ["--pattern-timeout", "1"]
+    result = invoke(*args, "--plot", png, "--dims", "1,0")
     assert result.exit_code == 0, result.output
     assert says(result.stdout, "safe", "of the input box", "wrote")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -234,6 +235,8 @@ def test_cli_writes_regions_and_plot(run: dict[str, Any], tmp_path: Path) -> Non
     again = invoke(*args)
     assert again.exit_code == 5 and says(again.stderr, "--resume or --force")
     assert invoke(*args, "--resume").exit_code == 0
+    nested = tmp_path / "new" / "folder" / "r.json"  # missing folders are created
+    assert invoke(*args[:5], nested, *args[6:]).exit_code == 0 and nested.is_file()
 
 
 @pytest.mark.parametrize(
