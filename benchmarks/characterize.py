@@ -161,7 +161,9 @@ def run_one(name: str, seconds: float, pattern_seconds: float, samples: int) -> 
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.3f}"
+    if v is None:
+        return "-"
+    return f"{100 * v:.1e}" if 0 < 100 * v < 0.001 else f"{100 * v:.3f}"
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -210,8 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pattern-seconds", type=float, default=20.0)
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--only", help="comma-separated networks, e.g. 1_2,5_3")
+    parser.add_argument(
+        "--markdown-only", action="store_true", help="rewrite the .md from the .json"
+    )
     args = parser.parse_args(argv)
     console = Console()
+    if args.markdown_only:
+        saved = json.loads((RESULTS / "characterize.json").read_text())
+        (RESULTS / "characterize.md").write_text(markdown(saved["rows"], saved["meta"]))
+        return 0
     names = args.only.split(",") if args.only else networks()
     rows = []
     for name in names:
