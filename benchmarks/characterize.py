@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ from relugate.passes.analysis.steps import steps_of
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ACAS = ROOT.parent / "shared" / "benchmarks" / "acasxu"
+ACAS = Path(os.environ.get("RELUGATE_BENCHMARKS", ROOT.parent / "shared" / "benchmarks")) / "acasxu"
 FALLBACK = ["1_2", "1_3", "1_4", "1_5", "1_6", "2_1", "5_3"]
 """The violated prop 2 networks (verify_acasxu.md), when its JSON is absent."""
 

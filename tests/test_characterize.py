@@ -324,3 +324,16 @@ def test_an_interrupted_run_leaves_a_checkpoint_to_resume(
     assert not list(tmp_path.glob(".r.json.tmp-*"))  # no half-written file left
     _, data = characterize_model(model, spec, out, timeout=0.5, pattern_timeout=0, resume=True)
     assert data["boxes_processed"] > rounds[1]
+
+
+@pytest.mark.slow
+def test_benchmark_row_on_acas_is_sound(benchmarks: Path) -> None:
+    """The benchmark on one violated ACAS Xu prop 2 instance, on a small budget."""
+    from benchmarks.characterize import markdown, run_one
+
+    row = run_one("1_4", seconds=3, pattern_seconds=3, samples=20_000)
+    assert row["safe"] > row["baseline_safe"]
+    assert row["safe_samples"] == 20_000 and row["safe_samples_unsafe"] == 0
+    assert row["safe_samples_outside_boxes"] == 0 and row["pattern_samples_unsafe"] == 0
+    assert row["counterexamples_confirmed"] == row["counterexamples"]
+    assert "| 1_4 |" in markdown([row], {"seconds": 3})
