@@ -6,8 +6,8 @@ overall), the ReLU layers (analysis step, neurons) that patterns refer to,
 ``boxes`` (every leaf: case, status, lo, hi; safe boxes with their activation
 ``pattern``, one character per ReLU in layer order: ``+`` active, ``-``
 inactive, ``.`` unstable; unsafe boxes with their ``counterexample`` input and
-onnxruntime output and ``proved_unsafe``) and ``patterns`` (see
-``characterize_patterns``).  Floats are written with ``repr`` precision, so a
+onnxruntime output and ``proved_unsafe``; ``stuck`` on boxes too thin to bisect)
+and ``patterns`` (see ``characterize_patterns``).  Floats are written with ``repr`` precision, so a
 resumed run continues from exactly the same boxes.  The file is replaced
 atomically (written beside it, then renamed).
 """
@@ -59,6 +59,8 @@ def to_json(state: Characterization, header: dict[str, Any], patterns: Any) -> d
         }
         if lv.status[i] == SAFE:
             box["pattern"] = encode_pattern(lv.pattern[i])
+        if lv.stuck[i]:
+            box["stuck"] = True  # too thin to bisect: stays as it is
         if lv.status[i] == UNSAFE:
             box["proved_unsafe"] = bool(lv.proved_unsafe[i])
             box["counterexample"] = {
@@ -125,6 +127,7 @@ def resume_leaves(data: dict[str, Any], state: Characterization, where: Path) ->
             np.zeros((len(rows), width), np.int8),
             np.full((len(rows), n), np.nan, np.float32),
             np.full((len(rows), m), np.nan),
+            np.array([bool(b.get("stuck", False)) for b in rows], bool),
         )
         for i, b in enumerate(rows):
             if lv.status[i] == SAFE:

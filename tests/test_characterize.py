@@ -337,3 +337,39 @@ def test_benchmark_row_on_acas_is_sound(benchmarks: Path) -> None:
     assert row["safe_samples_outside_boxes"] == 0 and row["pattern_samples_unsafe"] == 0
     assert row["counterexamples_confirmed"] == row["counterexamples"]
     assert "| 1_4 |" in markdown([row], {"seconds": 3})
+
+
+def test_a_network_without_relu_is_characterized_without_patterns(tmp_path: Path) -> None:
+    model = save_model(mlp_model([2, 2], seed=1), tmp_path / "linear.onnx")
+    spec = write_spec(tmp_path / "p.vnnlib", round(margin_quantile(model, 0.5), 4))
+    _, data = characterize_model(model, spec, None, timeout=1.0, pattern_timeout=1.0)
+    assert data["patterns"]["items"] == [] and data["relu_layers"] == []
+    assert data["volume"]["safe"] > 0 and data["volume"]["unsafe"] > 0
+    lo, hi = boxes(data, "safe")
+    assert not ort_unsafe(model, spec, inside32((lo + hi) / 2, lo, hi)).any()
+
+
+def test_a_box_too_thin_to_split_is_left_undecided_not_split_forever(tmp_path: Path) -> None:
+    """A point box whose output sits exactly on the unsafe set's boundary: CROWN cannot
+    decide it and it cannot be bisected; it stays one box, marked stuck."""
+    model = save_model(mlp_model([2, 16, 16, 2], seed=3), tmp_path / "net.onnx")
+    point = np.array([[0.25, -0.5]], np.float32)
+    net = import_network(load_model(model))
+    y = run_batch(str(model), net.input, point)[0].astype(np.float64)
+    spec = tmp_path / "point.vnnlib"
+    spec.write_text(
+        "(declare-const X_0 Real)\n(declare-const X_1 Real)\n"
+        "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+        "(assert (>= X_0 0.25))\n(assert (<= X_0 0.25))\n"
+        "(assert (>= X_1 -0.5))\n(assert (<= X_1 -0.5))\n"
+        f"(assert (>= Y_0 (+ Y_1 {float(y[0] - y[1])!r})))\n"
+    )
+    out = tmp_path / "r.json"
+    state, data = characterize_model(model, spec, out, timeout=30, pattern_timeout=0)
+    assert state.complete and len(data["boxes"]) == 1
+    box = data["boxes"][0]
+    assert box.get("stuck") or box.get("proved_unsafe") or box["status"] == "safe"
+    vol = data["volume"]
+    assert vol["safe"] + vol["unsafe"] + vol["undecided"] == pytest.approx(1.0)
+    _, again = characterize_model(model, spec, out, timeout=1, pattern_timeout=0, resume=True)
+    assert again["boxes"] == data["boxes"]

@@ -61,6 +61,7 @@ class Leaves:
     pattern: np.ndarray  # (N, R) int8: +1 active, -1 inactive, 0 unstable (on safe boxes)
     witness: np.ndarray  # (N, n) float32 counterexample, NaN where none
     output: np.ndarray  # (N, m) its output in onnxruntime
+    stuck: np.ndarray  # (N,) too thin to bisect (float64 has no midpoint): left as it is
 
     @property
     def count(self) -> int:
@@ -77,7 +78,8 @@ class Leaves:
 
     def open_mask(self) -> np.ndarray:
         """Boxes worth splitting further: undecided, or unsafe somewhere but not everywhere."""
-        return (self.status == OPEN) | ((self.status == UNSAFE) & ~self.proved_unsafe)
+        splittable = (self.status == OPEN) | ((self.status == UNSAFE) & ~self.proved_unsafe)
+        return splittable & ~self.stuck
 
 
 def relu_layers(steps: Sequence[Step]) -> list[tuple[int, int]]:
@@ -150,6 +152,7 @@ def start(prop: Property, steps: Sequence[Step], method: str = "crown") -> Chara
         np.zeros((k, sum(size for _, size in layers)), np.int8),
         np.full((k, n), np.nan, np.float32),
         np.full((k, m), np.nan),
+        np.zeros(k, bool),
     )
     return Characterization(prop, leaves, layers, method)
 
@@ -310,12 +313,16 @@ def _split_open(work: Leaves, score: np.ndarray, scale: np.ndarray) -> Leaves:
     """Closed boxes as they are; the others bisected along their highest-scoring input
     (the widest relative input where the score gives no preference)."""
     closed = (work.status == SAFE) | work.proved_unsafe
+    rel = np.where(scale > 0, (work.hi - work.lo) / np.where(scale > 0, scale, 1), 0)
+    dim = np.where(score.max(axis=1) > 0, score.argmax(axis=1), rel.argmax(axis=1))
+    rows = np.arange(work.count)
+    mid = (work.lo[rows, dim] + work.hi[rows, dim]) / 2
+    work.stuck |= ~closed & ~((work.lo[rows, dim] < mid) & (mid < work.hi[rows, dim]))
+    closed |= work.stuck
     split = work.take(np.flatnonzero(~closed))
     if not split.count:
         return work
-    rel = np.where(scale > 0, (split.hi - split.lo) / np.where(scale > 0, scale, 1), 0)
-    sc = score[~closed]
-    dim = np.where(sc.max(axis=1) > 0, sc.argmax(axis=1), rel.argmax(axis=1))
+    dim = dim[~closed]
     lo, hi = bisect(split.lo, split.hi, dim)
     left, right = split.take(np.arange(split.count)), split.take(np.arange(split.count))
     left.lo, left.hi = lo[: split.count], hi[: split.count]

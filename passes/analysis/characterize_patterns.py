@@ -122,7 +122,9 @@ def find_patterns(
     """Patterns proved to imply the property, covering the safe boxes largest first,
     until ``deadline``; with sampled estimates of the regions they describe."""
     found: list[Pattern] = []
-    summary = []
+    summary: list[dict[str, Any]] = []
+    if not state.layers:  # no ReLU: no activation pattern to describe a region by
+        return {"items": [], "cases": summary}
     vol = state.volumes()
     lv = state.leaves
     for c, case in enumerate(state.prop.cases):
