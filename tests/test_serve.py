@@ -178,7 +178,7 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
         413,
         "body too large",
     ),
-    ("huge body (sent)", post_bytes(b"{\"inputs\": [" + b"[10, 20, 30]," * 160_000), 413, ""),
+    ("huge body (sent)", post_bytes(b'{"inputs": [' + b"[10, 20, 30]," * 160_000), 413, ""),
     (
         "no length",
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -336,3 +336,20 @@ def test_predict_command_needs_only_the_runtime(reject_bundle: Path, tmp_path: P
     done = predict_cli(tmp_path, tmp_path / "x.npy")
     assert done.returncode == 5 and "no manifest.json" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_benchmark_runs_small() -> None:
+    """benchmarks/serve.py end to end on a few requests (its own server process): no
+    errors, no wrong outputs, every row counted, the table rendered."""
+    import argparse
+
+    from benchmarks import serve as bench
+
+    result = bench.run(argparse.Namespace(requests=24, clients=4))
+    assert [(c["rows_per_request"], c["keep_alive"]) for c in result["cases"]] == bench.CASES
+    for case in result["cases"]:
+        assert case["errors"] == 0 and case["wrong_outputs"] == 0, case
+        assert 0 < case["p50_ms"] <= case["p99_ms"] and case["requests_per_s"] > 0
+    assert result["server_stats"]["server"]["by_status"] == {"200": 24 * len(bench.CASES)}
+    table = bench.markdown(result)
+    assert table.count("\n| ") == len(bench.CASES) + 1  # header and one row per case
