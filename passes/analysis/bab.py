@@ -1,11 +1,18 @@
 """Branch and bound by input splitting, for networks with few inputs (ACAS Xu has 5).
 
-Boxes are processed in batches: CROWN bounds the unsafe polytope's rows on
-each box; a box where some row's lower bound exceeds its threshold cannot
-reach the unsafe set and is closed.  The others have their center tried as a
-counterexample, then are bisected along the input whose width times the
-bound's sensitivity is largest.  Last in, first out keeps the queue small and
-reaches small boxes fast, where the probes find thin violations.
+Every open box is cut in two along the input chosen by a trial split
+(``trial_split``: both halves along a few candidate inputs are bounded, the
+one whose worse half is closest to proved wins); CROWN, a mixed row
+(``row_mix``), then optimized slopes bound the unsafe polytope on each half,
+and a half where some row's lower bound exceeds its threshold cannot reach
+the unsafe set and is closed.  The open halves have their center and their
+most suspicious corner tried as counterexamples, then a few gradient steps
+from that corner (``box_attack``).  Last in, first out keeps the queue small
+and reaches small boxes fast, where the probes find thin violations.
+
+``refuted``, ``split`` and ``bisect`` are the one-shot bounding and the
+cheaper branching rule (most influential input by CROWN's coefficients)
+that other analyses use.
 """
 
 from __future__ import annotations
@@ -22,10 +29,15 @@ from relugate.compiler.spec import Polytope
 from relugate.passes.analysis.alpha import optimized_spec_bounds
 from relugate.passes.analysis.attack import unsafe_margin
 from relugate.passes.analysis.bounds import Bounds
+from relugate.passes.analysis.box_attack import descend_in_boxes
 from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
 from relugate.passes.analysis.steps import Step
+from relugate.passes.analysis.trial_split import candidate_dims, score_boxes, trial_split
 
 Confirm = Callable[[np.ndarray], bool]
+
+TRIALS = 3
+"""Inputs tried per split (the most influential by CROWN's coefficients first)."""
 
 
 @dataclass
@@ -86,32 +98,44 @@ def input_split(
     poly: Polytope,
     confirm: Confirm,
     deadline: float,
-    batch: int = 256,
+    batch: int = 32,
+    trials: int = TRIALS,
 ) -> SearchResult:
-    """Decide whether some input in ``box`` reaches ``poly``, until ``deadline``."""
+    """Decide whether some input in ``box`` reaches ``poly``, until ``deadline``.
+
+    ``batch`` open boxes are split per round, each after ``trials`` trial splits
+    (``2 trials`` bounded halves); ``boxes`` in the result counts the bounded boxes."""
     started = time.monotonic()
-    lo_q, hi_q = box.lo[None].copy(), box.hi[None].copy()
-    processed = 0
-    per_box = 0.0  # seconds per box in the last batch: the batch shrinks near the deadline
-    while len(lo_q):
+    if started > deadline:
+        return SearchResult("unknown", None, 0, 0.0)
+    root = score_boxes(steps, box.lo[None], box.hi[None], poly)
+    if root.proved[0]:
+        return SearchResult("holds", None, 1, time.monotonic() - started)
+    lo_q, hi_q, co_q, sl_q = box.lo[None].copy(), box.hi[None].copy(), root.coeffs, root.slack
+    scale = np.where(box.width > 0, box.width, 1.0)
+    witness = _probe(net, lo_q, hi_q, co_q, poly, confirm)
+    processed = 1
+    per_box = 0.0  # seconds per split box in the last round: the round shrinks near the deadline
+    while witness is None and len(lo_q):
         now = time.monotonic()
         if now > deadline:
             return SearchResult("unknown", None, processed, now - started)
-        size = batch if per_box == 0 else int(np.clip((deadline - now) / per_box, 8, batch))
-        lo, hi = lo_q[-size:], hi_q[-size:]
-        lo_q, hi_q = lo_q[: len(lo_q) - len(lo)], hi_q[: len(hi_q) - len(hi)]
-        processed += len(lo)
-        safe, slack, coeffs = refuted(steps, lo, hi, poly)
-        per_box = (time.monotonic() - now) / len(lo)
-        lo, hi, slack, coeffs = lo[~safe], hi[~safe], slack[~safe], coeffs[~safe]
-        if not len(lo):
-            continue
-        witness = _probe(net, lo, hi, coeffs, poly, confirm)
-        if witness is not None:
-            return SearchResult("violated", witness, processed, time.monotonic() - started)
-        new_lo, new_hi = split(lo, hi, coeffs)
-        lo_q, hi_q = np.concatenate([lo_q, new_lo]), np.concatenate([hi_q, new_hi])
-    return SearchResult("holds", None, processed, time.monotonic() - started)
+        size = batch if per_box == 0 else int(np.clip((deadline - now) / per_box, 1, batch))
+        rest = len(lo_q) - min(size, len(lo_q))
+        lo, hi, co, sl = lo_q[rest:], hi_q[rest:], co_q[rest:], sl_q[rest:]
+        lo_q, hi_q, co_q, sl_q = lo_q[:rest], hi_q[:rest], co_q[:rest], sl_q[:rest]
+        dims = candidate_dims(lo, hi, co, trials, scale)
+        lo, hi, scores = trial_split(steps, lo, hi, poly, dims, sl, scale)
+        processed += len(lo) * trials
+        per_box = (time.monotonic() - now) * 2 / len(lo)
+        still = ~scores.proved
+        lo, hi, co, sl = lo[still], hi[still], scores.coeffs[still], scores.slack[still]
+        if len(lo):
+            witness = _probe(net, lo, hi, co, poly, confirm)
+            lo_q, hi_q = np.concatenate([lo_q, lo]), np.concatenate([hi_q, hi])
+            co_q, sl_q = np.concatenate([co_q, co]), np.concatenate([sl_q, sl])
+    status = "holds" if witness is None else "violated"
+    return SearchResult(status, witness, processed, time.monotonic() - started)
 
 
 def _probe(
@@ -123,10 +147,15 @@ def _probe(
     confirm: Confirm,
 ) -> np.ndarray | None:
     """Try every open box's center and the corner that minimizes its best row's linear
-    lower bound (where the relaxation says that row is most likely violated)."""
-    x = np.concatenate([(lo + hi) / 2, np.where(coeffs > 0, lo, hi)])
+    lower bound (where the relaxation says that row is most likely violated), then
+    a few gradient steps from that corner inside the box."""
+    corner = np.where(coeffs > 0, lo, hi)
+    x = np.concatenate([(lo + hi) / 2, corner])
     y = net.forward(x.astype(np.float32), np.float32).reshape(len(x), -1)
-    for i in np.flatnonzero(unsafe_margin(y.astype(np.float64), poly) <= 0):
-        if confirm(x[i]):
-            return x[i]
+    hits = x[unsafe_margin(y.astype(np.float64), poly) <= 0]
+    if not len(hits):
+        hits = descend_in_boxes(net, poly, corner, lo, hi)
+    for candidate in hits:
+        if confirm(candidate):
+            return candidate
     return None
