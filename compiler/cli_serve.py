@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from relugate.compiler.cli_app import app, err, guard
 from relugate.runtime.endpoint import MAX_BODY
+from relugate.runtime.serve import MAX_CONNECTIONS
 
 
 @app.command()
@@ -26,6 +27,9 @@ def serve(
     max_body: Annotated[
         int, typer.Option("--max-body", help="Request body limit in bytes.", min=1)
     ] = MAX_BODY,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", help="Connections at once (more: 503).", min=1)
+    ] = MAX_CONNECTIONS,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
 ) -> None:
     """Serve a bundle over HTTP: GET /health, POST /predict ({"inputs": [...]}), GET /stats
@@ -35,7 +39,7 @@ def serve(
 
     with guard():
         try:
-            server = make_server(bundle, host, port, max_body, access_log)
+            server = make_server(bundle, host, port, max_body, access_log, max_connections)
         except OSError as exc:  # address in use, permission denied
             raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         err.print(f"serving {escape(str(bundle))} on {server.url}", highlight=False)

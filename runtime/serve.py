@@ -14,7 +14,8 @@ Endpoints:
 
 Errors answer JSON ``{"error": kind, "message": ...}``: 400 bad JSON, shape, NaN/Inf or
 non-numbers; 404 unknown path; 405 wrong method; 411 no Content-Length; 413 body over
-``--max-body``; 415 not JSON; 422 out of the domain (policy ``reject``); 500 a bug.
+``--max-body``; 415 not JSON; 422 out of the domain (policy ``reject``); 500 a bug;
+503 more than ``--max-connections`` open connections.
 The server keeps serving after each.  HTTP/1.1 keep-alive; one thread per connection.
 Needs only numpy and the TVM runtime (no typer, onnx, scipy or z3).
 """
@@ -41,6 +42,8 @@ READ_TIMEOUT_S = 30.0
 """A connection idle (or sending its body) this long is closed."""
 LINGER_S = 2.0
 """How long a refused request's unread body is drained before the connection closes."""
+MAX_CONNECTIONS = 64
+"""Connections served at once (one thread each); more get a 503."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -162,19 +165,81 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` at once: a connection over
+    the limit gets a 503 (JSON, ``Retry-After: 1``) and is closed, so idle or slow
+    clients cannot exhaust a small device's threads."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], endpoint: Endpoint, access_log: bool) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        endpoint: Endpoint,
+        access_log: bool,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.endpoint = endpoint
         self.access_log = access_log
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, Handler)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give the slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 from a short-lived thread of its own (at most about 2 * LINGER_S):
+        it reads the request head first, so the client's send completes and it gets the
+        answer, then drains what follows before closing."""
+        self.endpoint.count(503)
+        threading.Thread(target=self._answer_busy, args=(request,), daemon=True).start()
+
+    def _answer_busy(self, request: socket.socket) -> None:
+        message = f"more than {self.max_connections} connections; retry shortly"
+        body = json.dumps({"error": "busy", "message": message}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            request.settimeout(LINGER_S)
+            seen = b""
+            while b"\r\n\r\n" not in seen and len(seen) < 65536:
+                chunk = request.recv(4096)
+                if not chunk:
+                    break
+                seen += chunk
+            request.sendall(head.encode() + body)
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_S
+            while (left := deadline - time.monotonic()) > 0:
+                request.settimeout(left)
+                if not request.recv(65536):
+                    break
+        except OSError:  # reset, timed out: nothing more to do
+            pass
+        finally:
+            self.shutdown_request(request)
 
 
 def make_server(
@@ -183,12 +248,14 @@ def make_server(
     port: int = 8080,
     max_body: int = MAX_BODY,
     access_log: bool = False,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> Server:
     """Load ``bundle`` (all its checks first) and bind; ``port=0`` picks a free port.
     Call ``serve_forever()`` on the result (in a thread, or as ``run`` does)."""
     from relugate.runtime import load
 
-    return Server((host, port), Endpoint(load(bundle), max_body), access_log)
+    endpoint = Endpoint(load(bundle), max_body)
+    return Server((host, port), endpoint, access_log, max_connections)
 
 
 def run(server: Server) -> None:
@@ -226,12 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         help="port (0: any free port); default $RELUGATE_PORT or 8080",
     )
     parser.add_argument("--max-body", type=int, default=MAX_BODY, help="request body limit")
+    parser.add_argument(
+        "--max-connections", type=int, default=MAX_CONNECTIONS, help="connections at once"
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     from relugate.runtime.errors import BadInput, RelugateError
 
     try:
-        server = make_server(args.bundle, args.host, args.port, args.max_body, args.access_log)
+        server = make_server(
+            args.bundle, args.host, args.port, args.max_body, args.access_log, args.max_connections
+        )
     except RelugateError as exc:
         print(f"error ({exc.kind}): {exc}", file=sys.stderr)
         return exc.exit_code

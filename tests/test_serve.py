@@ -353,3 +353,27 @@ def test_serve_benchmark_runs_small() -> None:
     assert result["server_stats"]["server"]["by_status"] == {"200": 24 * len(bench.CASES)}
     table = bench.markdown(result)
     assert table.count("\n| ") == len(bench.CASES) + 1  # header and one row per case
+
+
+def test_connections_over_the_limit_get_503(reject_bundle: Path) -> None:
+    """With --max-connections 2, a third open connection is answered 503 and closed; once
+    a connection closes, new ones are served again."""
+    reference = rt.load(reject_bundle)
+    x = rows(np.random.default_rng(5), 2)
+    with served(reject_bundle, max_connections=2) as server:
+        first, second = connect(server), connect(server)
+        assert_answers(reference, x, *predict(first, x))  # both held open (keep-alive)
+        assert_answers(reference, x, *predict(second, x))
+        status, body = predict(connect(server), x)
+        assert status == 503 and body["error"] == "busy", body
+        first.close()
+        deadline = time.monotonic() + 10
+        while True:  # the first connection's thread ends when it sees the close
+            status, body = predict(connect(server), x)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert_answers(reference, x, status, body)
+        assert_answers(reference, x, *predict(second, x))
+        _, stats = call(second, "GET", "/stats")
+    assert stats["server"]["by_status"]["503"] >= 1
