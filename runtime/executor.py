@@ -110,21 +110,20 @@ class Executor:
         else:
             tensor.copyfrom(batch)
         result = main(tensor)
-        outputs = [self._to_numpy(o) for o in (list(result) if _is_tuple(result) else [result])]
-        if self.packed:
-            outputs = _unpack(outputs[0])
+        if self.packed:  # one tensor: [output, ungated] on the leading axis
+            both = self._to_numpy(result)
+            half = len(both) // 2
+            outputs = [both[:half], both[half:]]
+        elif _is_tuple(result):
+            outputs = [self._to_numpy(o) for o in result]
+        else:
+            outputs = [self._to_numpy(result)]
         return outputs if self.has_batch else [o[np.newaxis] for o in outputs]
 
     def _to_numpy(self, tensor: Any) -> np.ndarray:
         if self._on_cpu:
             return np.from_dlpack(tensor)  # zero copy: the VM allocated it for this call
         return np.asarray(tensor.numpy())
-
-
-def _unpack(both: np.ndarray) -> list[np.ndarray]:
-    """``[output, ungated]`` from their concatenation on the leading axis."""
-    half = len(both) // 2
-    return [both[:half], both[half:]]
 
 
 def _is_tuple(value: Any) -> bool:
