@@ -29,6 +29,7 @@ from relugate.passes.analysis.trial_split import (
     candidate_dims,
     halves,
     score_boxes,
+    starved,
     trial_split,
 )
 
@@ -55,24 +56,27 @@ def test_best_dimension_takes_the_best_worse_half() -> None:
     right = np.array([[-2.0, 5.0, -0.5], [-4.0, -2.0, np.inf], [np.inf, -1.0, -1.0]])
     # box 0: worse halves -2, -3, -1 -> dim 2; box 1: -4, -2, -5 -> dim 1;
     # box 2: a tie at -1 everywhere, broken by the better half (inf) -> dim 0
-    parent = np.full(3, -10.0)
     widths = np.ones((3, 3))
-    assert best_dimension(left, right, parent, widths).tolist() == [2, 1, 0]
+    assert best_dimension(left, right, np.full(3, -10.0), widths).tolist() == [2, 1, 0]
 
 
-def test_best_dimension_cuts_the_widest_input_when_no_cut_helps() -> None:
+def test_best_dimension_cuts_the_widest_candidate_when_no_cut_helps() -> None:
     left = right = np.array([[-1.0, -1.5, -1.0]])
     widths = np.array([[1e-6, 1.0, 0.5]])
     assert best_dimension(left, right, np.array([-1.0]), widths).tolist() == [1]
     assert best_dimension(left, right, np.array([-2.0]), widths).tolist() == [0]
 
 
+def test_a_too_thin_input_is_starved() -> None:
+    lo, hi = np.zeros((2, 2)), np.array([[1.0, 1 / 5000], [1.0, 1 / 1000]])
+    assert starved(lo, hi, np.array([1, 1]), np.ones(2)).tolist() == [True, False]
+    assert starved(lo, hi, np.array([1, 1]), np.array([1.0, 0.01])).tolist() == [False, False]
+
+
 def test_candidate_dims_rank_by_coefficient_times_width() -> None:
     lo, hi = np.zeros((1, 4)), np.array([[1.0, 4.0, 1.0, 2.0]])
     coeffs = np.array([[3.0, -1.0, 0.5, -1.0]])  # influence 3, 4, 0.5, 2
-    assert candidate_dims(lo, hi, coeffs, 2, np.ones(4)).tolist() == [[1, 0]]
-    # the widest input relative to the root box always competes
-    assert candidate_dims(lo, hi, coeffs, 2, np.array([1, 8, 0.1, 2])).tolist() == [[1, 2]]
+    assert candidate_dims(lo, hi, coeffs, 2).tolist() == [[1, 0]]
 
 
 def test_halves_cut_every_box_in_the_middle_of_every_dimension() -> None:
@@ -97,8 +101,9 @@ def test_trial_split_picks_the_dimension_brute_force_says_is_best(seed: int) -> 
     lo = rng.uniform(-1, 0, (6, 3))
     hi = lo + rng.uniform(0.2, 1.0, (6, 3))
     dims = np.tile(np.arange(3), (6, 1))
-    parent = score_boxes(steps, lo, hi, poly).slack
-    kept_lo, kept_hi, scores = trial_split(steps, lo, hi, poly, dims, parent - 100, np.ones(3))
+    kept_lo, kept_hi, scores = trial_split(
+        steps, lo, hi, poly, dims, np.full(6, -np.inf), np.ones(3)
+    )
     for box in range(6):
         worst = []
         for dim in range(3):

@@ -124,7 +124,7 @@ def input_split(
         rest = len(lo_q) - min(size, len(lo_q))
         lo, hi, co, sl = lo_q[rest:], hi_q[rest:], co_q[rest:], sl_q[rest:]
         lo_q, hi_q, co_q, sl_q = lo_q[:rest], hi_q[:rest], co_q[:rest], sl_q[:rest]
-        dims = candidate_dims(lo, hi, co, trials, scale)
+        dims = candidate_dims(lo, hi, co, trials)
         lo, hi, scores = trial_split(steps, lo, hi, poly, dims, sl, scale)
         processed += len(lo) * trials
         per_box = (time.monotonic() - now) * 2 / len(lo)

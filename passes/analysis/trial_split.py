@@ -5,8 +5,7 @@ bounds both halves of an open box along each of its ``k`` candidate inputs
 (the most influential by CROWN's coefficients times width; 2 k children, all
 bounded in one batch) and keeps the candidate whose worse half is closest to
 proved: the largest ``min(slack_left, slack_right)``, a proved half counting
-as infinite slack.  The widest input is always a candidate, and where no
-candidate improves on the box itself it is the one cut, so no input starves.
+as infinite slack.  An aspect-ratio guard keeps any input from starving.
 The kept halves' bounds are returned, so nothing is bounded twice.  On ACAS
 Xu (k = 3 of 5 inputs), 1_4 prop_1 closes after a few hundred bounded boxes,
 where bisecting the most influential input had not after 16,000.
@@ -29,6 +28,10 @@ from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
 from relugate.passes.analysis.row_mix import mixed_slack_tolerance, mixing_weights
 from relugate.passes.analysis.steps import Step
 
+MAX_ASPECT = 4096
+"""An input is not cut further while it is this many times narrower (relative to
+the root box) than another: without the guard, a cut that keeps the worse half
+as it is can be chosen again and again, starving the inputs that matter."""
 CHUNK = 32
 """Boxes bounded together: the back-substitution's arrays stay in cache (twice as
 fast per box on ACAS Xu as batches of 256)."""
@@ -129,17 +132,10 @@ def _optimize(
     scores.proved[which] = scores.slack[which] > 0
 
 
-def candidate_dims(
-    lo: np.ndarray, hi: np.ndarray, coeffs: np.ndarray, k: int, scale: np.ndarray
-) -> np.ndarray:
+def candidate_dims(lo: np.ndarray, hi: np.ndarray, coeffs: np.ndarray, k: int) -> np.ndarray:
     """Per box, the ``k`` inputs with the largest ``|CROWN coefficient| x width``
-    (``bab.split``'s rule), most influential first: (B, k); the last is replaced
-    by the widest input relative to ``scale`` (d,) when that one is not among them."""
-    dims = np.argsort(-np.abs(coeffs) * (hi - lo), axis=1, kind="stable")[:, :k]
-    widest = ((hi - lo) / scale).argmax(axis=1)
-    missing = (dims != widest[:, None]).all(axis=1)
-    dims[missing, -1] = widest[missing]
-    return dims
+    (``bab.split``'s rule), most influential first: (B, k)."""
+    return np.argsort(-np.abs(coeffs) * (hi - lo), axis=1, kind="stable")[:, :k]
 
 
 def halves(lo: np.ndarray, hi: np.ndarray, dims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,16 +156,23 @@ def best_dimension(
     left: np.ndarray, right: np.ndarray, parent: np.ndarray, widths: np.ndarray
 ) -> np.ndarray:
     """Per box, the candidate whose worse half has the largest slack; ``left`` and
-    ``right`` are (B, k) slacks with proved halves at +inf, ``parent`` (B,) the
-    box's own.  Ties go to the larger other half (a proved half beats an open one).
-    Where no candidate improves on the parent, the widest candidate (``widths``,
-    relative to the root box) is cut, so every input keeps shrinking."""
+    ``right`` are (B, k) slacks with proved halves at +inf.  Ties go to the larger
+    other half (a proved half beats an open one), then to the first candidate.
+    Where no candidate's worse half improves on ``parent`` (B,), the box's own
+    slack, the trial says nothing and the widest candidate (``widths`` (B, k),
+    relative to the root box) is cut."""
     worst = np.minimum(left, right)
     best = worst.max(axis=1, keepdims=True)
     total = np.where(worst == best, np.maximum(left, right), -np.inf)
-    choice = total.argmax(axis=1)
     stuck = best[:, 0] <= parent + 1e-9 * (1 + np.abs(parent))
-    return np.asarray(np.where(stuck, widths.argmax(axis=1), choice))
+    return np.asarray(np.where(stuck, widths.argmax(axis=1), total.argmax(axis=1)))
+
+
+def starved(lo: np.ndarray, hi: np.ndarray, dim: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Boxes where ``dim`` is already ``MAX_ASPECT`` times narrower (relative to
+    the root box widths ``scale``) than their widest input."""
+    rel = (hi - lo) / scale
+    return np.asarray(rel[np.arange(len(lo)), dim] * MAX_ASPECT < rel.max(axis=1))
 
 
 def trial_split(
@@ -185,8 +188,9 @@ def trial_split(
     """The two children of every box along its best candidate input (``dims``, (B, k)),
     with their scores: all left children first, then all right ones (as
     ``bab.bisect``).  The choice follows plain CROWN; optimized slopes then try the
-    kept children it left open.  ``parent``: the boxes' slacks; ``scale`` (d,): the
-    root box's widths (see ``best_dimension``)."""
+    kept children it left open.  ``parent``: the boxes' own slacks, ``scale`` (d,)
+    the root box's widths (see ``best_dimension``); where the choice would make a
+    box too thin (``starved``), its widest input is cut instead."""
     B, k = dims.shape
     child_lo, child_hi = halves(lo, hi, dims)
     bounds = [
@@ -198,12 +202,22 @@ def trial_split(
     widths = np.take_along_axis((hi - lo) / scale, dims, axis=1)
     left, right = slack[: B * k].reshape(B, k), slack[B * k :].reshape(B, k)
     choice = best_dimension(left, right, parent, widths)
+    stuck = starved(lo, hi, dims[np.arange(B), choice], scale)
     pick = np.arange(B) * k + choice
     keep = np.concatenate([pick, B * k + pick])
     kept = np.zeros(len(child_lo), dtype=bool)
-    kept[keep] = True
+    kept[keep[np.tile(~stuck, 2)]] = True
     for i, b in enumerate(bounds):
         part = slice(i * CHUNK, i * CHUNK + b.boxes)
         chunk = scores.take(part)  # views: optimized in place
         _optimize(steps, b, poly, chunk, kept[part] & ~chunk.proved, alpha_iterations)
-    return child_lo[keep], child_hi[keep], scores.take(keep)
+    out_lo, out_hi, out = child_lo[keep], child_hi[keep], scores.take(keep)
+    if stuck.any():
+        widest = ((hi[stuck] - lo[stuck]) / scale).argmax(axis=1)
+        w_lo, w_hi = halves(lo[stuck], hi[stuck], widest[:, None])
+        w_scores = score_boxes(steps, w_lo, w_hi, poly, alpha_iterations)
+        rows = np.tile(stuck, 2)
+        out_lo[rows], out_hi[rows] = w_lo, w_hi
+        for name in ("proved", "slack", "coeffs", "lam"):
+            getattr(out, name)[rows] = getattr(w_scores, name)
+    return out_lo, out_hi, out
