@@ -101,9 +101,7 @@ def test_trial_split_picks_the_dimension_brute_force_says_is_best(seed: int) -> 
     lo = rng.uniform(-1, 0, (6, 3))
     hi = lo + rng.uniform(0.2, 1.0, (6, 3))
     dims = np.tile(np.arange(3), (6, 1))
-    kept_lo, kept_hi, scores = trial_split(
-        steps, lo, hi, poly, dims, np.full(6, -np.inf), np.ones(3)
-    )
+    kept_lo, kept_hi, scores = trial_split(steps, lo, hi, poly, dims, np.full(6, -1e9), np.ones(3))
     for box in range(6):
         worst = []
         for dim in range(3):
