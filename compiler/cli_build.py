@@ -93,6 +93,14 @@ def compile(
             "--target", help="Library to build with TVM: llvm (host CPU), aarch64, cuda, none."
         ),
     ] = "llvm",
+    mcpu: Annotated[
+        str | None,
+        typer.Option(
+            "--mcpu",
+            help="CPU to build for (LLVM name, e.g. x86-64-v3, cortex-a72, generic); "
+            "default: this host's CPU (llvm), generic (aarch64).",
+        ),
+    ] = None,
     batch: Annotated[
         int | None, typer.Option("--batch", help="Fixed batch size (default: any).", min=1)
     ] = None,
@@ -144,6 +152,7 @@ def compile(
                 input_box=input_box or [],
                 require=require,
                 target=target,
+                mcpu=mcpu,
                 policy=policy,
                 gates=not no_gates,
                 gate_timeout=gate_timeout,

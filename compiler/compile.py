@@ -64,6 +64,7 @@ class CompileOptions:
     gate_timeout: float = 60.0  # verification budget per property (seconds)
     pass_options: dict[str, Any] = field(default_factory=dict)  # PassContext.options
     target: str | None = None  # llvm | aarch64 | cuda: also build the library and manifest
+    mcpu: str | None = None  # CPU the library is built for (None: this host's; aarch64: generic)
     batch: int | None = None  # fixed batch size for the library (None: any batch)
     tune_seconds: float = 0.0  # MetaSchedule budget (needs batch and tuning_db)
     tuning_db: Path | None = None
@@ -244,7 +245,14 @@ def _lower(model: onnx.ModelProto, options: CompileOptions) -> Lowered | None:
         return None
     if options.policy not in POLICIES:
         raise BadSpec(f"--policy must be one of {', '.join(POLICIES)}, not {options.policy!r}")
-    return lower(model, options.target, options.batch, options.tune_seconds, options.tuning_db)
+    return lower(
+        model,
+        options.target,
+        options.batch,
+        options.tune_seconds,
+        options.tuning_db,
+        mcpu=options.mcpu,
+    )
 
 
 def _backend_json(lowered: Lowered) -> dict[str, Any]:

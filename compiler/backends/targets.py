@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from relugate.compiler.errors import RelugateError
+from relugate.compiler.errors import BadSpec, RelugateError
 
 TARGET_NAMES = ("llvm", "aarch64", "cuda")
 AARCH64_TRIPLE = "aarch64-linux-gnu"
@@ -80,6 +80,10 @@ def resolve_target(
         machine = host_machine()
     if num_cores:
         host["num-cores"] = int(num_cores)
+    triple = host.get("mtriple") or codegen.llvm_get_system_triple()
+    if mcpu is not None and mcpu != "generic" and not codegen.llvm_is_valid_cpu(mcpu, triple):
+        # TVM would only log an error and build for "generic" under the name given
+        raise BadSpec(f"--mcpu {mcpu!r} is not a CPU LLVM knows for {triple}")
     try:
         host_target = Target(host)
         features = set(codegen.llvm_get_cpu_features(host_target))
