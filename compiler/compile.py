@@ -30,6 +30,7 @@ from relugate.compiler.bundle import POLICIES, write_bundle
 from relugate.compiler.domain import Box
 from relugate.compiler.errors import BadSpec, EquivalenceError, ProofFailed
 from relugate.compiler.exporter import to_onnx
+from relugate.compiler.float_guard import FloatGuard
 from relugate.compiler.frontend import LoadedModel, load_model
 from relugate.compiler.guarantee import (
     enforce_proof,
@@ -164,7 +165,8 @@ def compile_model(
         instruments.append(verifier)
     if options.dump_ir is not None:
         instruments.append(DumpIR(options.dump_ir))
-    pipeline = Pipeline(default_passes(), instruments, options.on_step)
+    guard = FloatGuard(str(loaded.path), net, domain or default_box(net), options.check_samples)
+    pipeline = Pipeline(default_passes(), instruments, options.on_step, guard)
     with trace.step("passes"):
         result = pipeline.run(net, PassContext(domain=domain, options=options.pass_options))
         trace.facts["after"] = result.network.stats()

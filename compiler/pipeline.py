@@ -20,7 +20,9 @@ Read top to bottom, ``default_passes`` is the compiler:
                     passes above produce, and only it depends on the domain.
 
 Instruments (``--time-passes``, ``--dump-ir``, ``--verify-each``) are switched
-on around the pipeline; no pass knows about them.
+on around the pipeline; no pass knows about them.  A ``FloatGuard``
+(``float_guard.py``) undoes a pass whose float32 rounding would break the final
+equivalence check.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relugate.compiler.float_guard import FloatGuard
 from relugate.compiler.network import Network
 from relugate.passes.base import CertificateEntry, Pass, PassContext, PassResult
 from relugate.passes.drop_identity import DropIdentity
@@ -102,6 +105,7 @@ class Pipeline:
     passes: Sequence[Pass]
     instruments: Sequence[Instrument] = ()
     on_step: Callable[[str], None] | None = field(default=None, repr=False)
+    guard: FloatGuard | None = None
 
     def run(self, net: Network, ctx: PassContext) -> PipelineResult:
         for inst in self.instruments:
@@ -112,7 +116,7 @@ class Pipeline:
             if self.on_step is not None:
                 self.on_step(p.name)
             start = time.perf_counter()
-            result = p.run(net, ctx)
+            result = self._guarded(p.run(net, ctx), net)
             seconds = time.perf_counter() - start
             steps.append(
                 StepRecord(
@@ -129,6 +133,16 @@ class Pipeline:
                 inst.after_pass(index, p, net, result)
             net = result.network
         return PipelineResult(net, steps, certificate)
+
+    def _guarded(self, result: PassResult, before: Network) -> PassResult:
+        """``result``, or ``before`` unchanged when the guard finds too much rounding."""
+        if self.guard is None or not result.changed:
+            return result
+        error = self.guard.error(result.network)
+        if error <= self.guard.limit:
+            return result
+        report = {**result.report, "float_guard": self.guard.reason(error)}
+        return PassResult(before, False, report, ())
 
 
 def pass_names() -> list[str]:
