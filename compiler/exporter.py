@@ -151,7 +151,9 @@ def _transpose(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
 def _scale(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
     assert isinstance(layer, Scale)
     out = h
-    if not np.all(layer.mul == 1):
+    if layer.div is not None:
+        out = _op(graph, "Div", f"{layer.name}/div", [out, _const(f"{layer.name}/d", layer.div)])
+    elif not np.all(layer.mul == 1):
         out = _op(graph, "Mul", f"{layer.name}/mul", [out, _const(f"{layer.name}/m", layer.mul)])
     if np.any(layer.add != 0):
         out = _op(graph, "Add", f"{layer.name}/add", [out, _const(f"{layer.name}/a", layer.add)])

@@ -267,16 +267,25 @@ class Transpose(Layer):
 
 @dataclass(frozen=True, eq=False)
 class Scale(Layer):
-    """Elementwise affine ``y = x * mul + add``; arrays broadcast against the sample."""
+    """Elementwise affine ``y = x * mul + add``; arrays broadcast against the sample.
+
+    ``div`` (set by the importer for an ONNX ``Div``, with ``mul = 1 / div``): in float32
+    the layer computes ``x / div + add``, rounding as the original ``Div`` does
+    (``x * (1 / div)`` can differ by an ulp, which a badly conditioned network
+    amplifies past the equivalence tolerance).  Analyses, exact over the reals, read
+    ``mul``; folds produce plain ``mul`` layers (the float guard checks them)."""
 
     mul: np.ndarray = field(repr=False)
     add: np.ndarray = field(repr=False)
+    div: np.ndarray | None = field(default=None, repr=False)
 
     kind = "scale"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mul", _frozen(self.mul))
         object.__setattr__(self, "add", _frozen(self.add))
+        if self.div is not None:
+            object.__setattr__(self, "div", _frozen(self.div))
 
     def out_shape(self, in_shape: Shape) -> Shape:
         for arr in (self.mul, self.add):
@@ -289,7 +298,10 @@ class Scale(Layer):
         return np.broadcast_to(self.mul, in_shape), np.broadcast_to(self.add, in_shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return x * self.mul.astype(x.dtype, copy=False) + self.add.astype(x.dtype, copy=False)
+        add = self.add.astype(x.dtype, copy=False)
+        if self.div is not None and x.dtype == np.float32:
+            return x / self.div.astype(x.dtype, copy=False) + add
+        return x * self.mul.astype(x.dtype, copy=False) + add
 
     def backward(self, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
         return np.broadcast_to(grad * self.mul.astype(grad.dtype, copy=False), x.shape)

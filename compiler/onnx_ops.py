@@ -73,7 +73,8 @@ def _binary(node: gs.Node, t: Tracer) -> None:
             raise _refuse(node, "dividing by the activation is not piecewise linear")
         if np.any(c == 0):
             raise _refuse(node, "divides by zero")
-        mul, add = 1.0 / c, zero
+        t.emit(Scale(node.name, mul=1.0 / c, add=zero, div=c))
+        return
     t.emit(Scale(node.name, mul=mul, add=add))
 
 

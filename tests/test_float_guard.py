@@ -60,3 +60,21 @@ def test_a_pass_within_the_limit_is_kept(tmp_path: Path) -> None:
     net, out, report, certificate = guarded_run(tmp_path, GUARD_LIMIT / 4)
     assert out is not net
     assert "float_guard" not in report and len(certificate) == 1
+
+
+def test_example_on_a_wide_box_compiles_with_the_fold_undone(tmp_path: Path) -> None:
+    """The shipped example normalizes inputs around [5, 15]; on [0, 1] folding that
+    normalization into the first layer loses float32 digits (1.3e-5): the compile keeps
+    the Sub/Div (imported as a dividing Scale, exported as Div) and still succeeds."""
+    import json
+
+    from relugate.compiler.compile import CompileOptions, compile_model
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    options = CompileOptions(out_dir=out)
+    compile_model(root / "examples/collision.onnx", options, input_box=["0,1"])
+    report = json.loads((out / "report.json").read_text())
+    steps = {p["name"]: p for p in report["passes"]}
+    assert "undone" in steps["fold_scale"]["details"]["float_guard"]
+    assert report["check"]["max_relative_error"] <= report["check"]["tolerance"]
