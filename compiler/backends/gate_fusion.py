@@ -19,12 +19,11 @@ which TIR blocks share a function; every block computes what it computed
 before, in the same order (the bundle tests compare outputs with
 onnxruntime on the final ONNX).
 
-Applied to every ``llvm`` target (host and aarch64), gated or not: running these
-passes before ``tvm.compile`` (which then finds the module fused) also made
-ungated ACAS Xu calls faster than ``tvm.compile``'s own pipeline did (batch 1:
-about 22 against 28 us in one measurement), so gated and ungated libraries are
-built alike.  CUDA keeps TVM's default fusion, whose GPU schedules (dlight)
-expect the usual groups.
+Applied to gated models on ``llvm`` targets (host and aarch64).  Ungated
+models keep ``tvm.compile``'s own pipeline: running these passes first made an
+ungated ACAS Xu library faster at batch 1 but about 1.5x slower at batch 1024
+(symbolic batch; measured with ``time_evaluator``, cause not found).  CUDA keeps
+TVM's default fusion, whose GPU schedules (dlight) expect the usual groups.
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ def lower(
     report = None
     if tune_seconds > 0 and target != "llvm":  # candidates run where measured (no RPC here)
         raise RelugateError("tuning is implemented for the host CPU (target llvm) only")
-    if info.target.kind.name == "llvm":  # gated: the gates share the last layer's kernel
+    if len(specs) > 2 and info.target.kind.name == "llvm":  # gates join the last kernel
         mod = fuse_with_gates(mod, info.target)
     use_db = tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir())
     if use_db and tuning_db is not None and batch is not None and target == "llvm":
