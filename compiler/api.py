@@ -104,6 +104,7 @@ def run_compile(
     batch: int | None = None,
     tune_seconds: float = 0.0,
     tuning_db: PathLike | None = None,
+    regions: PathLike | None = None,
     force: bool = False,
     dump_ir: PathLike | None = None,
     verify_each: bool = False,
@@ -132,6 +133,7 @@ def run_compile(
             "maxpool_to_relu": maxpool_to_relu,
             "batch": batch,
             "tune_seconds": tune_seconds,
+            "regions": None if regions is None else str(regions),
             "force": force,
         },
     )
@@ -150,6 +152,7 @@ def run_compile(
         batch=batch,
         tune_seconds=tune_seconds,
         tuning_db=None if tuning_db is None else Path(tuning_db),
+        regions=None if regions is None else Path(regions),
         policy=policy,
         require=require,
     )

@@ -101,6 +101,14 @@ def compile(
             "default: this host's CPU (llvm), generic (aarch64).",
         ),
     ] = None,
+    regions: Annotated[
+        Path | None,
+        typer.Option(
+            "--regions",
+            help="regions.json from `relugate characterize` on this model: shipped in the "
+            "bundle; the runtime reports inputs in proved-safe regions.",
+        ),
+    ] = None,
     batch: Annotated[
         int | None, typer.Option("--batch", help="Fixed batch size (default: any).", min=1)
     ] = None,
@@ -153,6 +161,7 @@ def compile(
                 require=require,
                 target=target,
                 mcpu=mcpu,
+                regions=regions,
                 policy=policy,
                 gates=not no_gates,
                 gate_timeout=gate_timeout,

@@ -44,6 +44,7 @@ from relugate.compiler.instruments import DumpIR, VerifyEach, default_box
 from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_run import TOLERANCE, mismatch, run_batch
 from relugate.compiler.pipeline import Instrument, Pipeline, PipelineResult, default_passes
+from relugate.compiler.regions_ship import REGIONS_FILE, read_regions_for
 from relugate.compiler.spec import Property, parse_input_box, read_vnnlib
 from relugate.passes.base import PassContext
 
@@ -70,6 +71,7 @@ class CompileOptions:
     tune_seconds: float = 0.0  # MetaSchedule budget (needs batch and tuning_db)
     tuning_db: Path | None = None
     policy: str = "reject"  # out-of-domain inputs at runtime: reject | clamp | flag
+    regions: Path | None = None  # regions.json from `relugate characterize`, shipped in the bundle
     require: str | None = None  # proof | repair | none (None: repair, or none without gates)
     on_step: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -197,7 +199,12 @@ def compile_model(
         report["backend"] = _backend_json(lowered)
     report["seconds"] = round(trace.total(), 4)
     report["timings"] = trace.timings()
+    regions = None if options.regions is None else read_regions_for(options.regions, loaded)
+    if regions is not None:
+        report["regions"] = regions[1]
     with trace.step("write"), atomic_directory(options.out_dir, options.overwrite) as tmp:
+        if regions is not None:
+            (tmp / REGIONS_FILE).write_bytes(regions[0])
         write_json(tmp / "report.json", report)
         if lowered is not None:
             write_bundle(tmp, lowered, shipped, cert, domain, options.policy)

@@ -37,7 +37,12 @@ def load(path: str | Path) -> Model:
     sample, batch = tuple(spec["sample_shape"]), manifest["batch"]
     packed = bool(manifest["gates"].get("packed", False))  # older bundles: two outputs
     executor = Executor(module, device_for(manifest), sample, batch, spec["has_batch"], packed)
-    return Model(manifest, executor, str(bundle))
+    regions = None
+    if "regions.json" in manifest.get("files", {}):  # hashed above like every file
+        from relugate.runtime.regions import load_regions
+
+        regions = load_regions(bundle / "regions.json")
+    return Model(manifest, executor, str(bundle), regions)
 
 
 __all__ = ["BadInput", "BundleError", "Model", "OutOfDomain", "RunResult", "load"]

@@ -10,6 +10,13 @@ reports it (``run_detailed``).  Every call is counted (``stats()``).
 Gate firings: a gated bundle's library returns the ungated output too; a
 row fired a gate when the two differ (``gate_fired``), and
 ``gate_fired_by_output`` counts, per output element, the rows a gate changed.
+
+Proved-safe regions: a bundle compiled with ``--regions`` carries the boxes
+``relugate characterize`` proved safe for the original network;
+``run_detailed`` (not the lean ``run``) marks the rows inside one
+(``in_safe_region``) and counts them, and the gate firings among them
+(``gate_fired_in_safe_region``: only a gate's margin ``delta`` at the unsafe
+boundary can make that non-zero).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 from relugate.runtime.checks import check_batch, check_finite, domain_bounds, outside_domain
 from relugate.runtime.errors import BadInput, OutOfDomain
 from relugate.runtime.executor import Executor
+from relugate.runtime.regions import SafeRegions
 from relugate.runtime.telemetry import CallCounts, Telemetry
 
 SMALL = 32
@@ -45,11 +53,19 @@ class RunResult:
     output: np.ndarray
     out_of_domain: np.ndarray  # bool per input row (before clamping)
     gate_fired: np.ndarray  # bool per input row; all False without gates
+    in_safe_region: np.ndarray | None = None  # bool per row; None without regions
 
 
 class Model:
-    def __init__(self, manifest: dict[str, Any], executor: Executor, path: str = "") -> None:
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        executor: Executor,
+        path: str = "",
+        regions: SafeRegions | None = None,
+    ) -> None:
         self.manifest = manifest
+        self.regions = regions
         self.path = path
         self.executor = executor
         spec = manifest["input"]
@@ -179,7 +195,14 @@ class Model:
             counts.gate_fired_by_output = diff.sum(axis=0)
         counts.inputs = n
         no_rows = np.zeros(n, dtype=bool)
-        return RunResult(output, no_rows if outside is None else outside, fired), single
+        safe = None
+        if self.regions is not None:
+            safe = self.regions.contains(batch.reshape(n, -1))
+            counts.region_checked = n
+            counts.in_safe_region = int(safe.sum())
+            counts.gate_fired_in_safe_region = int((safe & fired).sum())
+        outside = no_rows if outside is None else outside
+        return RunResult(output, outside, fired, safe), single
 
     def _apply_domain(self, batch: np.ndarray, counts: CallCounts) -> np.ndarray | None:
         """Rows outside the domain (None when all are inside); enforces ``reject``."""

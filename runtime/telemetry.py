@@ -23,6 +23,9 @@ class CallCounts:
     gate_fired: int = 0
     gate_fired_by_output: np.ndarray | None = None  # per output element: inputs it changed
     bad_inputs: int = 0
+    region_checked: int = 0  # rows compared with the proved-safe regions (run_detailed)
+    in_safe_region: int = 0
+    gate_fired_in_safe_region: int = 0
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Telemetry:
             t.flagged += counts.flagged
             t.gate_fired += counts.gate_fired
             t.bad_inputs += counts.bad_inputs
+            t.region_checked += counts.region_checked
+            t.in_safe_region += counts.in_safe_region
+            t.gate_fired_in_safe_region += counts.gate_fired_in_safe_region
             if counts.gate_fired_by_output is not None and t.gate_fired_by_output is not None:
                 t.gate_fired_by_output += counts.gate_fired_by_output
 
@@ -69,6 +75,9 @@ class Telemetry:
                 "gate_fired": t.gate_fired,
                 "gate_fired_by_output": [] if by_output is None else by_output.tolist(),
                 "bad_inputs": t.bad_inputs,
+                "region_checked": t.region_checked,
+                "in_safe_region": t.in_safe_region,
+                "gate_fired_in_safe_region": t.gate_fired_in_safe_region,
             }
 
     def reset(self) -> None:
