@@ -40,6 +40,21 @@ SMALL_OUTPUT = 256
 ``any`` cost about 1 us each, more than a small ACAS Xu kernel's share of a gate)."""
 
 
+def _changed(gated: np.ndarray, ungated: np.ndarray, n: int) -> tuple[int, dict[int, int]]:
+    """Rows where a gate changed the output, and per output element how many rows."""
+    if gated.size <= SMALL_OUTPUT:
+        a, b = gated.ravel().tolist(), ungated.ravel().tolist()
+        k = len(a) // n
+        moved = [i for i in range(len(a)) if a[i] != b[i]]
+        by_output: dict[int, int] = {}
+        for i in moved:
+            by_output[i % k] = by_output.get(i % k, 0) + 1
+        return len({i // k for i in moved}), by_output
+    diff = gated.reshape(n, -1) != ungated.reshape(n, -1)
+    counts = diff.sum(axis=0)
+    return int(diff.any(axis=1).sum()), {int(j): int(counts[j]) for j in np.flatnonzero(counts)}
+
+
 def _same(gated: np.ndarray, ungated: np.ndarray) -> bool:
     """True when no gate changed any value.  Equal bytes mean equal values; unequal bytes
     with equal values (0.0 and -0.0) answer False and the caller recounts exactly."""
@@ -102,19 +117,24 @@ class Model:
         """The model output for ``x`` (one input, or a batch along axis 0).
 
         Fast path, for a float32 C-contiguous batch whose rows all lie in the
-        domain (and are finite) and fire no gate: a handful of numpy calls
-        around the library call.  Anything else takes ``run_detailed``.
+        domain (and are finite): a handful of numpy calls around the library
+        call, and gate firings counted from the two outputs it returned (small
+        outputs in Python, large ones in numpy).  Anything else takes
+        ``run_detailed``.
         """
         if self._plain(x):
             batch: np.ndarray = x  # type: ignore[assignment]
             if self._all_inside(batch):
                 outputs = self.executor.run_all(batch)
+                n = len(batch)
                 if not self.gated or _same(outputs[0], outputs[1]):
-                    self.telemetry.record_clean(len(batch))
-                    out = outputs[0]
-                    if out.shape[1:] != self.output_sample_shape:
-                        out = out.reshape(len(batch), *self.output_sample_shape)
-                    return out
+                    self.telemetry.record_clean(n)
+                else:
+                    self.telemetry.record_gates(n, *_changed(outputs[0], outputs[1], n))
+                out = outputs[0]
+                if out.shape[1:] != self.output_sample_shape:
+                    out = out.reshape(n, *self.output_sample_shape)
+                return out
         return self.run_detailed(x).output
 
     def _plain(self, x: object) -> bool:

@@ -55,6 +55,18 @@ class Telemetry:
             if counts.gate_fired_by_output is not None and t.gate_fired_by_output is not None:
                 t.gate_fired_by_output += counts.gate_fired_by_output
 
+    def record_gates(self, inputs: int, fired: int, by_output: dict[int, int]) -> None:
+        """A call whose inputs were all in the domain; ``fired`` rows changed by gates,
+        ``by_output[j]`` rows with output element ``j`` changed."""
+        with self._lock:
+            self.calls += 1
+            t = self.totals
+            t.inputs += inputs
+            t.gate_fired += fired
+            if t.gate_fired_by_output is not None:
+                for j, count in by_output.items():
+                    t.gate_fired_by_output[j] += count
+
     def record_clean(self, inputs: int) -> None:
         """A call whose inputs were all in the domain and fired no gate."""
         with self._lock:

@@ -124,6 +124,15 @@ def test_gate_firings_are_counted(tmp_path: Path) -> None:
     stats = model.stats()
     assert stats["gate_fired"] == int(fired.sum())
     assert stats["gate_fired_by_output"] == (relu > 0.5).sum(axis=0).tolist()
+    # the lean path counts the same, from the outputs it has (no second run): a batch
+    # large enough for numpy, and row by row (Python lists)
+    for rows in (x, *(x[i : i + 1] for i in range(40))):
+        model.reset_stats()
+        detailed = model.run_detailed(rows)
+        want_stats = model.stats()
+        model.reset_stats()
+        np.testing.assert_array_equal(model.run(rows), detailed.output)
+        assert model.stats() == want_stats
 
 
 def onnx_weight(model: object) -> np.ndarray:
