@@ -20,6 +20,7 @@ ORDER = [
     "stability",
     "compression",
     "gates",
+    "gate_latency",
     "characterize",
     "tvm_latency",
     "serve",
