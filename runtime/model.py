@@ -50,9 +50,12 @@ def _changed(gated: np.ndarray, ungated: np.ndarray, n: int) -> tuple[int, dict[
         for i in moved:
             by_output[i % k] = by_output.get(i % k, 0) + 1
         return len({i // k for i in moved}), by_output
-    diff = gated.reshape(n, -1) != ungated.reshape(n, -1)
-    counts = diff.sum(axis=0)
-    return int(diff.any(axis=1).sum()), {int(j): int(counts[j]) for j in np.flatnonzero(counts)}
+    # numpy's bool reductions along a short axis are slow (25-30 us for 1024 x 5); two
+    # float32 matrix-vector products count the same (exactly, below 2**24 rows) in ~1/4
+    changed = (gated.reshape(n, -1) != ungated.reshape(n, -1)).astype(np.float32)
+    counts = np.ones(n, np.float32) @ changed
+    rows = int(np.count_nonzero(changed @ np.ones(changed.shape[1], np.float32)))
+    return rows, {int(j): int(counts[j]) for j in np.flatnonzero(counts)}
 
 
 def _same(gated: np.ndarray, ungated: np.ndarray) -> bool:
