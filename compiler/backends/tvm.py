@@ -251,6 +251,7 @@ def lower(
     mcpu: str | None = None,
     cuda_arch: str = "sm_80",
     num_cores: int = 1,
+    prefuse: bool | None = None,
 ) -> Lowered:
     """Compile ``onnx_model`` for ``target`` (``llvm`` | ``aarch64`` | ``cuda``).
 
@@ -258,6 +259,8 @@ def lower(
     an int fixes it (MetaSchedule tunes static shapes only).  ``tune_seconds > 0``
     tunes for about that long into ``tuning_db`` (a folder, reused across runs);
     with ``tune_seconds=0`` an existing ``tuning_db`` is applied without tuning.
+    ``prefuse``: run ``gate_fusion.fuse_with_gates`` first (default: for gated models
+    on CPU targets; benchmarks force it to compare like with like).
     """
     import tvm
 
@@ -273,7 +276,9 @@ def lower(
     report = None
     if tune_seconds > 0 and target != "llvm":  # candidates run where measured (no RPC here)
         raise RelugateError("tuning is implemented for the host CPU (target llvm) only")
-    if len(specs) > 2 and info.target.kind.name == "llvm":  # gates join the last kernel
+    if prefuse is None:  # gated models on CPU: the gates join the last layer's kernel
+        prefuse = len(specs) > 2 and info.target.kind.name == "llvm"
+    if prefuse:
         mod = fuse_with_gates(mod, info.target)
     use_db = tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir())
     if use_db and tuning_db is not None and batch is not None and target == "llvm":
