@@ -31,6 +31,8 @@ from relugate.passes.analysis.steps import steps_of
 MAX_FREE_INPUTS = 16
 """Input splitting is hopeless beyond this many inputs of nonzero width."""
 CHECKPOINT_SECONDS = 5.0
+WRITE_COST_FACTOR = 10.0
+"""A checkpoint waits at least this many times as long as the last one took to write."""
 
 
 class OrtValidator:
@@ -101,7 +103,8 @@ def characterize_model(
         if on_round is not None:
             on_round(s)
         now = time.monotonic()
-        if output is not None and now - last[0] >= max(CHECKPOINT_SECONDS, 10 * last[1]):
+        wait = max(CHECKPOINT_SECONDS, WRITE_COST_FACTOR * last[1])
+        if output is not None and now - last[0] >= wait:
             write_atomic(output, to_json(s, header, {}))
             last[:] = [time.monotonic(), time.monotonic() - now]  # big files: write less often
 
