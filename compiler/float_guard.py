@@ -39,16 +39,21 @@ class FloatGuard:
     _inputs: np.ndarray | None = field(default=None, repr=False)
     _reference: np.ndarray | None = field(default=None, repr=False)
 
-    def error(self, candidate: Network) -> float:
-        """Worst error of ``candidate`` against the original on the guard's inputs."""
-        if self._inputs is None:
+    def reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs (domain centre, corners, samples) and the original model file's
+        outputs on them in onnxruntime: computed once, for the guard and the final check."""
+        if self._inputs is None or self._reference is None:
             rng = np.random.default_rng(self.seed)
             box = self.domain
             points = np.concatenate([box.corners_and_center(), box.sample(self.samples, rng)])
             self._inputs = points.astype(np.float32)
             self._reference = run_batch(self.original_path, self.original.input, self._inputs)
-        assert self._reference is not None
-        return float(mismatch(self._reference, run_network(candidate, self._inputs)).max())
+        return self._inputs, self._reference
+
+    def error(self, candidate: Network) -> float:
+        """Worst error of ``candidate`` against the original on the guard's inputs."""
+        inputs, reference = self.reference()
+        return float(mismatch(reference, run_network(candidate, inputs)).max())
 
     def reason(self, error: float) -> str:
         return (
