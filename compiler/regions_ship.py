@@ -15,7 +15,7 @@ from typing import Any
 from relugate.compiler.errors import BadSpec
 from relugate.compiler.frontend import LoadedModel
 from relugate.runtime.errors import BundleError
-from relugate.runtime.regions import load_regions
+from relugate.runtime.regions import parse_regions
 
 REGIONS_FILE = "regions.json"
 
@@ -24,9 +24,13 @@ def read_regions_for(path: Path, loaded: LoadedModel) -> tuple[bytes, dict[str, 
     """The bytes of ``path`` and a report entry; ``BadSpec`` when it is not a regions file
     or belongs to another model."""
     try:
-        regions = load_regions(path)
-        data = json.loads(Path(path).read_text())
-    except (BundleError, OSError, json.JSONDecodeError) as exc:
+        raw = Path(path).read_bytes()
+        data = json.loads(raw)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadSpec(f"--regions: cannot read regions file {path}: {exc}") from exc
+    try:
+        regions = parse_regions(data, path)
+    except BundleError as exc:
         raise BadSpec(f"--regions: {exc}") from exc
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     if model.get("sha256") != loaded.sha256:
@@ -40,4 +44,4 @@ def read_regions_for(path: Path, loaded: LoadedModel) -> tuple[bytes, dict[str, 
         "safe_boxes": len(regions.lo),
         "safe_volume": regions.volume,
     }
-    return Path(path).read_bytes(), entry
+    return raw, entry

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,11 @@ def load_regions(path: str | Path) -> SafeRegions:
         data = json.loads(where.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"cannot read regions file {where}: {exc}") from exc
+    return parse_regions(data, where)
+
+
+def parse_regions(data: Any, where: str | Path) -> SafeRegions:
+    """The safe boxes of a parsed regions file (``where`` names it in errors)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{where} is not a relugate regions file ({FORMAT})")
     try:
