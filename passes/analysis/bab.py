@@ -32,7 +32,12 @@ from relugate.passes.analysis.bounds import Bounds
 from relugate.passes.analysis.box_attack import descend_in_boxes
 from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
 from relugate.passes.analysis.steps import Step
-from relugate.passes.analysis.trial_split import candidate_dims, score_boxes, trial_split
+from relugate.passes.analysis.trial_split import (  # bisect lives beside halves()
+    bisect,
+    candidate_dims,
+    score_boxes,
+    trial_split,
+)
 
 Confirm = Callable[[np.ndarray], bool]
 
@@ -79,16 +84,6 @@ def refuted(
 def split(lo: np.ndarray, hi: np.ndarray, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bisect every box along its most influential input."""
     return bisect(lo, hi, (np.abs(coeffs) * (hi - lo)).argmax(axis=1))
-
-
-def bisect(lo: np.ndarray, hi: np.ndarray, dim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row box cut in two along side ``dim[row]``: all left halves, then all right."""
-    rows = np.arange(len(lo))
-    mid = (lo[rows, dim] + hi[rows, dim]) / 2
-    left_hi, right_lo = hi.copy(), lo.copy()
-    left_hi[rows, dim] = mid
-    right_lo[rows, dim] = mid
-    return np.concatenate([lo, right_lo]), np.concatenate([left_hi, hi])
 
 
 def input_split(

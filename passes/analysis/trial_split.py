@@ -138,18 +138,21 @@ def candidate_dims(lo: np.ndarray, hi: np.ndarray, coeffs: np.ndarray, k: int) -
     return np.argsort(-np.abs(coeffs) * (hi - lo), axis=1, kind="stable")[:, :k]
 
 
+def bisect(lo: np.ndarray, hi: np.ndarray, dim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row box cut in two along side ``dim[row]``: all left halves, then all right."""
+    rows = np.arange(len(lo))
+    mid = (lo[rows, dim] + hi[rows, dim]) / 2
+    left_hi, right_lo = hi.copy(), lo.copy()
+    left_hi[rows, dim] = mid
+    right_lo[rows, dim] = mid
+    return np.concatenate([lo, right_lo]), np.concatenate([left_hi, hi])
+
+
 def halves(lo: np.ndarray, hi: np.ndarray, dims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every box (B, d) cut along each of its candidate inputs ``dims`` (B, k): left
     halves ordered box-major then candidate (B * k rows), then the right halves."""
-    B, k = dims.shape
-    rows = np.arange(B * k)
-    flat = dims.reshape(-1)
-    lo_r, hi_r = np.repeat(lo, k, axis=0), np.repeat(hi, k, axis=0)
-    mid = (lo_r[rows, flat] + hi_r[rows, flat]) / 2
-    left_hi, right_lo = hi_r.copy(), lo_r.copy()
-    left_hi[rows, flat] = mid
-    right_lo[rows, flat] = mid
-    return np.concatenate([lo_r, right_lo]), np.concatenate([left_hi, hi_r])
+    k = dims.shape[1]
+    return bisect(np.repeat(lo, k, axis=0), np.repeat(hi, k, axis=0), dims.reshape(-1))
 
 
 def best_dimension(
