@@ -23,6 +23,7 @@ ORDER = [
     "gate_latency",
     "characterize",
     "tvm_latency",
+    "pipeline_latency",
     "serve",
 ]
 
