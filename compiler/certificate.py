@@ -27,6 +27,7 @@ from relugate.compiler.domain import Box
 from relugate.compiler.fidelity import fidelity
 from relugate.compiler.frontend import LoadedModel
 from relugate.compiler.gates_onnx import append_gates
+from relugate.compiler.hidden_onnx import append_clamp, find_cut
 from relugate.compiler.network import TensorSpec
 from relugate.compiler.spec import Property
 from relugate.passes.analysis.gate_design import SHELL
@@ -34,6 +35,10 @@ from relugate.passes.analysis.gate_proof import Z3_TIMEOUT_MS
 from relugate.passes.insert_gates import GateResult, insert_gates
 
 FORMAT = "relugate-certificate/1"
+HIDDEN_PROOF = (
+    "hidden gate: per case, verify_model on the network after the clamped layer (input box: "
+    "the case's CROWN box of that layer clipped to the region), every case 'holds'"
+)
 TOOLS = ("onnx", "onnxruntime", "z3-solver", "numpy", "scipy")
 
 
@@ -103,15 +108,26 @@ def build_certificate(
             for p, (prop, spec) in enumerate(zip(props, specs, strict=True))
         ],
         "gates": [gate.to_json() for gate in result.gates],
+        "hidden_gate": None if result.hidden is None else result.hidden.to_json(),
         "proof": {
             "method": "z3 over the reals: every case of every property, all gates in order, "
             "outputs in the case's CROWN range, threshold rounding |e| <= eps",
             "shell": SHELL,
             "z3_timeout_ms": Z3_TIMEOUT_MS,
             "cases": [proof.to_json() for proof in result.proofs],
+            "hidden": None if result.hidden is None else HIDDEN_PROOF,
             "seconds": result.seconds,
         },
     }
+
+
+def shipped_model(core: onnx.ModelProto, result: GateResult) -> onnx.ModelProto:
+    """The core with the result's output gates, or with its hidden gate."""
+    hidden = result.hidden
+    if hidden is None:
+        return append_gates(core, result.gates)
+    cut = find_cut(core, hidden.layer)
+    return append_clamp(core, cut, hidden.lo, hidden.hi)
 
 
 @dataclass
@@ -142,16 +158,18 @@ def gate_model(
     specs: Sequence[Path],
     timeout: float,
     domain: Box | None,
+    gate_layer: str | int = "auto",
 ) -> Gating:
     """Verify, gate, prove, measure fidelity: the gated model and its report entries."""
-    result = insert_gates(loaded.path, exported, specs, props, timeout, domain)
-    gated = append_gates(exported, result.gates)
+    result = insert_gates(loaded.path, exported, specs, props, timeout, domain, gate_layer)
+    gated = shipped_model(exported, result)
     report = {
         "verdict_original": [
             {"source": p.source, **v.original, "core": v.core, "gated": v.gated}
             for p, v in zip(props, result.verdicts, strict=True)
         ],
         "gates": [gate.to_json() for gate in result.gates],
+        "hidden_gate": None if result.hidden is None else result.hidden.to_json(),
         "gate_proof": {
             "cases": [proof.to_json() for proof in result.proofs],
             "seconds": result.seconds,

@@ -10,7 +10,11 @@ Independently of the compile that wrote it:
    from them must equal the one in ``model.onnx`` node for node, constant for
    constant;
 4. the z3 proof of every case is run again;
-5. each property that holds without gates is verified again on the core.
+5. a hidden gate (``check_hidden``): its clamp must equal the certificate's region
+   at the certificate's layer, the core's CROWN box of that layer on every case
+   must lie inside the certificate's, and the tail network is verified again on
+   every case from the clipped box;
+6. each property that holds without gates is verified again on the core.
 Any mismatch raises ``BundleError`` (exit 5); a failed proof ``ProofFailed`` (4).
 """
 
@@ -29,6 +33,7 @@ from relugate.compiler.certificate import FORMAT, sha256_bytes, sha256_file
 from relugate.compiler.domain import Box
 from relugate.compiler.errors import BundleError, ProofFailed
 from relugate.compiler.gates_onnx import append_gates, gate_part, strip_gates
+from relugate.compiler.hidden_check import check_hidden
 from relugate.compiler.spec import Property, parse_vnnlib
 from relugate.compiler.verify import verify_model
 from relugate.passes.analysis.gate_design import GateSpec, design_gates
@@ -113,6 +118,10 @@ def _check_gates(
             raise BundleError(
                 f"{prop.source} is not gated but the certificate does not say it holds"
             )
+    if cert.get("hidden_gate") is not None:
+        if cert["gates"]:
+            raise BundleError("the certificate has a hidden gate and output gates")
+        return []  # the hidden gate repairs every gated property (check_hidden)
     domain = cert["domain"]
     box = None if domain is None else Box(np.array(domain["lo"]), np.array(domain["hi"]))
     gates = design_gates(props, gated, ranges, box)
@@ -169,7 +178,15 @@ def check_bundle(bundle: Path, timeout: float | None = None, say: Say = print) -
         gates = _check_gates(cert, props, ranges)
         _check_nodes(model, core, gates)
         say(f"{len(gates)} gates re-derived; the ONNX gate subgraph matches them")
-        proofs = prove_all(props, [bool(p["gated"]) for p in cert["properties"]], ranges, gates)
-        say(f"z3: {len(proofs)} cases proved again ({', '.join(p.status for p in proofs)})")
-        _recheck_holds(core_path, cert, timeout or float(cert["verify_timeout"]), Path(tmp), say)
-    return {"gates": len(gates), "cases": len(proofs), "properties": len(props)}
+        budget = timeout or float(cert["verify_timeout"])
+        hidden = check_hidden(cert, model, core, core_path, props, budget, say)
+        proofs = [] if hidden else prove_all(props, _gated(cert), ranges, gates)
+        if not hidden:
+            say(f"z3: {len(proofs)} cases proved again ({', '.join(p.status for p in proofs)})")
+        _recheck_holds(core_path, cert, budget, Path(tmp), say)
+    cases = hidden or len(proofs)
+    return {"gates": len(gates) + bool(hidden), "cases": cases, "properties": len(props)}
+
+
+def _gated(cert: dict[str, Any]) -> list[bool]:
+    return [bool(p["gated"]) for p in cert["properties"]]

@@ -71,6 +71,15 @@ def compile(
         float,
         typer.Option("--gate-timeout", help="Verification seconds per property.", min=0.0),
     ] = 60.0,
+    gate_layer: Annotated[
+        str,
+        typer.Option(
+            "--gate-layer",
+            help="Where gates go: auto (output gates; a hidden-layer clamp where none can be "
+            "built or proved), output, hidden (the hidden layer that keeps most safe "
+            "behaviour), or a hidden layer number N (from 0).",
+        ),
+    ] = "auto",
     no_gates: Annotated[
         bool,
         typer.Option("--no-gates", help="With --spec: skip verification, gates and certificate."),
@@ -165,6 +174,7 @@ def compile(
                 policy=policy,
                 gates=not no_gates,
                 gate_timeout=gate_timeout,
+                gate_layer=gate_layer,
                 stability=stability,
                 maxpool_to_relu=maxpool_to_relu,
                 batch=batch,
@@ -205,10 +215,13 @@ def _print_compiled(report: dict[str, Any], output: Path, as_json: bool, time_pa
         )
     if "gates" in report:
         gated = sum(1 for v in report["verdict_original"] if v["gated"])
+        hidden = report.get("hidden_gate")
         what = (
-            f"{len(report['gates'])} output gates for {gated} properties, proved"
-            if gated
-            else "every property holds: no gate"
+            "every property holds: no gate"
+            if not gated
+            else f"{len(report['gates'])} output gates for {gated} properties, proved"
+            if hidden is None
+            else f"a gate at hidden layer {hidden['layer']} for {gated} properties, proved"
         )
         out.print(f"{what}; wrote [bold]{to}/certificate.json[/]", highlight=False)
 

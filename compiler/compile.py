@@ -64,6 +64,7 @@ class CompileOptions:
     check_samples: int = CHECK_SAMPLES
     gates: bool = True  # with specs: verify, insert proved output gates, write certificate.json
     gate_timeout: float = 60.0  # verification budget per property (seconds)
+    gate_layer: str | int = "auto"  # output | hidden | N | auto (insert_gates.parse_gate_layer)
     pass_options: dict[str, Any] = field(default_factory=dict)  # PassContext.options
     target: str | None = None  # llvm | aarch64 | cuda: also build the library and manifest
     mcpu: str | None = None  # CPU the library is built for (None: this host's; aarch64: generic)
@@ -291,7 +292,9 @@ def _gate(
         options.on_step("insert_gates (verify, gate, prove)")
     spec_in = TensorSpec(net.input.name, net.input.shape, net.input.has_batch)
     paths = [Path(s) for s in specs]
-    return gate_model(loaded, exported, spec_in, props, paths, options.gate_timeout, domain)
+    return gate_model(
+        loaded, exported, spec_in, props, paths, options.gate_timeout, domain, options.gate_layer
+    )
 
 
 def check_against_original(

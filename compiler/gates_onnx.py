@@ -40,6 +40,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from relugate.compiler.errors import BundleError
+from relugate.compiler.hidden_onnx import HIDDEN, strip_clamp
 from relugate.passes.analysis.gate_design import GateSpec
 
 PREFIX = "relugate_gate/"
@@ -247,16 +248,21 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
 
 
 def gate_part(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The gate nodes and constants of a gated model, in file order."""
-    nodes = [n for n in model.graph.node if n.name.startswith(PREFIX)]
-    inits = [i for i in model.graph.initializer if i.name.startswith(PREFIX)]
+    """The output gates' nodes and constants of a gated model, in file order (a hidden
+    gate's are ``hidden_onnx.clamp_part``)."""
+    nodes = [n for n in model.graph.node if _output_gate(n.name)]
+    inits = [i for i in model.graph.initializer if _output_gate(i.name)]
     return nodes, inits
 
 
+def _output_gate(name: str) -> bool:
+    return name.startswith(PREFIX) and not name.startswith(HIDDEN)
+
+
 def strip_gates(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The ungated core: gate nodes removed, ``<out>_ungated`` renamed back to ``<out>``."""
-    core = onnx.ModelProto()
-    core.CopyFrom(model)
+    """The ungated core: a hidden gate's clamp removed; output gate nodes removed,
+    ``<out>_ungated`` renamed back to ``<out>``."""
+    core = strip_clamp(model)
     graph = core.graph
     nodes, _ = gate_part(core)
     if not nodes:

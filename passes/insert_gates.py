@@ -13,8 +13,14 @@ independent re-run on the same file lands inside them).  The composition of
 all gates is then proved with z3 on every case of every property
 (``gate_proof``); a case that cannot be proved fails the compile.
 
+Where the gate goes (``gate_layer``): ``output`` as above; ``N`` a clamp of hidden
+layer ``N`` (``insert_hidden``); ``hidden`` the hidden layer whose proved region
+keeps most original-safe samples; ``auto`` output gates, and a hidden gate when
+no output gate can be built or proved for some polytope (e.g. rows of mixed signs).
+
 This step works on ONNX files rather than on the ``Network`` chain because the
-gates sit after the network's output (see ``compiler/gates_onnx``).
+gates sit after the network's output or inside it (``compiler/gates_onnx``,
+``compiler/hidden_onnx``).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 import onnx
 
 from relugate.compiler.domain import Box
-from relugate.compiler.errors import ProofFailed
+from relugate.compiler.errors import BadSpec, ProofFailed
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
 from relugate.compiler.spec import Property
@@ -38,6 +44,7 @@ from relugate.compiler.verify import VerifyResult, verify_model
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.gate_design import GateSpec, design_gates
 from relugate.passes.analysis.gate_proof import CaseProof, prove_case
+from relugate.passes.analysis.hidden_gate import HiddenGate
 from relugate.passes.analysis.steps import Step, steps_of
 
 SPLIT_PIECES = 1024
@@ -50,6 +57,8 @@ RANGE_SLACK = 1e-6
 """Output ranges are widened by this, relative to ``max(1, |bound|)``."""
 
 Range = tuple[np.ndarray, np.ndarray]
+GATE_LAYERS = ("auto", "output", "hidden")
+"""``gate_layer`` values besides a hidden layer's number."""
 
 
 @dataclass
@@ -72,6 +81,7 @@ class GateResult:
     gates: list[GateSpec]
     proofs: list[CaseProof]
     seconds: dict[str, float] = field(default_factory=dict)
+    hidden: HiddenGate | None = None
 
     @property
     def gated(self) -> list[bool]:
@@ -187,6 +197,55 @@ def _failure(prop: Property, c: int, proof: CaseProof) -> str:
     )
 
 
+def parse_gate_layer(value: str | int) -> str | int:
+    """``auto``, ``output``, ``hidden`` or a hidden layer's number (from 0)."""
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    if value not in GATE_LAYERS:
+        raise BadSpec(
+            f"--gate-layer must be {', '.join(GATE_LAYERS)} or a hidden layer number, not {value!r}"
+        )
+    return str(value)
+
+
+def _output_gates(
+    props: Sequence[Property],
+    gated: list[bool],
+    ranges: list[list[Range]],
+    domain: Box | None,
+) -> tuple[list[GateSpec], list[CaseProof]]:
+    gates = design_gates(list(props), gated, [list(r) for r in ranges], domain)
+    return gates, prove_all(props, gated, ranges, gates)
+
+
+def _place(
+    layer: str | int,
+    core_path: Path,
+    core: onnx.ModelProto,
+    props: Sequence[Property],
+    gated: list[bool],
+    ranges: list[list[Range]],
+    domain: Box | None,
+    timeout: float,
+) -> tuple[list[GateSpec], list[CaseProof], HiddenGate | None]:
+    """Output gates or one hidden gate, as ``layer`` says (see the module doc)."""
+    from relugate.passes.insert_hidden import design_hidden  # imports this module
+
+    if layer == "output" or not any(gated):
+        return (*_output_gates(props, gated, ranges, domain), None)
+    if layer == "auto":
+        try:
+            return (*_output_gates(props, gated, ranges, domain), None)
+        except ProofFailed as refused:
+            try:
+                hidden = design_hidden(core_path, core, props, None, timeout)
+            except ProofFailed as exc:
+                raise ProofFailed(f"{refused}; and {exc}") from exc
+            return [], [], hidden
+    wanted = None if layer == "hidden" else int(layer)
+    return [], [], design_hidden(core_path, core, props, wanted, timeout)
+
+
 def insert_gates(
     original: Path,
     core: onnx.ModelProto,
@@ -194,8 +253,10 @@ def insert_gates(
     props: Sequence[Property],
     timeout: float = 60.0,
     domain: Box | None = None,
+    gate_layer: str | int = "auto",
 ) -> GateResult:
     """Verdicts, gates and their proof for the compiled ``core`` (the exported ONNX)."""
+    layer = parse_gate_layer(gate_layer)
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="relugate-gates-") as tmp:
         core_path = Path(tmp) / "core.onnx"
@@ -206,9 +267,11 @@ def insert_gates(
         start = time.perf_counter()
         ranges = output_ranges(core_path, props)
         seconds["ranges"] = time.perf_counter() - start
-    gated = [v.gated for v in verdicts]
-    start = time.perf_counter()
-    gates = design_gates(list(props), gated, [list(r) for r in ranges], domain)
-    proofs = prove_all(props, gated, ranges, gates)
-    seconds["proof"] = time.perf_counter() - start
-    return GateResult(verdicts, ranges, gates, proofs, {k: round(v, 4) for k, v in seconds.items()})
+        gated = [v.gated for v in verdicts]
+        start = time.perf_counter()
+        gates, proofs, hidden = _place(
+            layer, core_path, core, props, gated, ranges, domain, timeout
+        )
+        seconds["proof"] = time.perf_counter() - start
+    rounded = {k: round(v, 4) for k, v in seconds.items()}
+    return GateResult(verdicts, ranges, gates, proofs, rounded, hidden)
