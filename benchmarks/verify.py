@@ -7,6 +7,10 @@ must come with an input in the box whose output onnxruntime finds unsafe; a
 run in onnxruntime on the original file.  Any broken answer is flagged WRONG.
 
     python -m benchmarks.verify [--only acasxu] [--limit-seconds 30] [--skip-attack]
+        [--instances NET:SPEC,...] [--unknown-from RESULTS.json]
+
+``--instances`` / ``--unknown-from`` rerun a subset and merge it into the existing
+results file (see ``verify_subset``): rerun rows carry the time of their run.
 
 Writes benchmarks/results/verify.json and verify.md (merging
 benchmarks/results/reference.json, the reference verifier run side by side,
@@ -26,6 +30,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
+from benchmarks import verify_subset
 from benchmarks.meta import run_meta
 from relugate.compiler.frontend import load_model
 from relugate.compiler.importer import import_network
@@ -134,7 +139,13 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"timeouts from instances.csv (capped at {meta['limit_seconds']} s). 'checked': "
         "violated -> the counterexample is unsafe in onnxruntime; holds -> 100,000 samples "
         "and PGD from 20 starts in onnxruntime find no violation. "
-        f"Reference: {meta.get('reference', 'not run')}.",
+        f"Reference: {meta.get('reference', 'not run')}."
+        + (
+            " Rows with a 'rerun' time were run again then, on the code of that time "
+            "(`--instances` / `--unknown-from`); the others are from the first run."
+            if meta.get("reruns")
+            else ""
+        ),
         "",
         "| folder | instances | holds | violated | unknown | wrong | median s |",
         "|---|---|---|---|---|---|---|",
@@ -144,10 +155,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {name} | {f['instances']} | {f['holds']} | {f['violated']} | {f['unknown']} | "
             f"{f['wrong']} | {f['median_seconds']:.2f} |"
         )
+    reruns = any("rerun" in r for r in rows)
     lines += [
         "",
-        "| network | spec | verdict | method | s | boxes | checked | reference | ref s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| network | spec | verdict | method | s | boxes | checked | reference | ref s |"
+        + (" rerun |" if reruns else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if reruns else ""),
     ]
     for r in rows:
         other = ref.get((r["network"], r["spec"]))
@@ -156,6 +169,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {r['network']} | {r['spec']} | {r['verdict']} | {r['method']} | "
             f"{r['seconds']:.2f} | {r['boxes']} | {checked} | {ref_cells} |"
+            + (f" {r.get('rerun', '-')} |" if reruns else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -166,14 +180,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-seconds", type=float, default=float("inf"))
     parser.add_argument("--skip-attack", action="store_true", help="do not attack 'holds' answers")
     parser.add_argument("--output", default="verify", help="results file stem")
+    parser.add_argument("--instances", help="comma-separated NET:SPEC substrings to rerun")
+    parser.add_argument(
+        "--unknown-from", type=Path, help="rerun what this results file left unknown"
+    )
     args = parser.parse_args(argv)
     console = Console()
+    subset = args.instances is not None or args.unknown_from is not None
+    chosen = verify_subset.select(
+        instances(args.only),
+        args.instances.split(",") if args.instances else None,
+        verify_subset.unknown_in(args.unknown_from) if args.unknown_from else None,
+    )
     rows = []
-    for model, spec, timeout in track(
-        instances(args.only), description="instances", console=console
-    ):
+    for model, spec, timeout in track(chosen, description="instances", console=console):
         row = run_one(model, spec, min(timeout, args.limit_seconds), not args.skip_attack)
         row["folder"] = model.parent.name
+        if subset:
+            row["rerun"] = verify_subset.stamp()
         rows.append(row)
         console.print(
             f"{row['network']} {row['spec']}: {row['verdict']} ({row['method']}, "
@@ -185,12 +209,26 @@ def main(argv: list[str] | None = None) -> int:
     if ref_readme.is_file() and reference_rows():
         meta["reference"] = "see benchmarks/reference/README.md"
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if subset:
+        meta, rows = _merged(RESULTS / f"{args.output}.json", meta, rows)
     (RESULTS / f"{args.output}.json").write_text(
         json.dumps({"meta": meta, "summary": summary(rows), "rows": rows}, indent=2) + "\n"
     )
     (RESULTS / f"{args.output}.md").write_text(markdown(rows, meta))
     console.print(markdown(rows, meta).split("\n\n")[2], markup=False, highlight=False)
     return 0
+
+
+def _merged(
+    path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The earlier results file with the rerun rows merged in; its header keeps the
+    first run's and lists the reruns."""
+    if not path.is_file():
+        return meta, rows
+    old = json.loads(path.read_text())
+    first = {**old["meta"], "reruns": [*old["meta"].get("reruns", []), meta]}
+    return first, verify_subset.merge(old["rows"], rows)
 
 
 if __name__ == "__main__":
