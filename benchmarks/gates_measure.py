@@ -21,6 +21,7 @@ import onnx
 from relugate.compiler.fidelity import run_any, symbolic_batch
 from relugate.compiler.frontend import load_model
 from relugate.compiler.gates_onnx import gate_part, strip_gates
+from relugate.compiler.hidden_onnx import clamp_part
 from relugate.compiler.importer import import_network
 from relugate.compiler.network import Network
 from relugate.compiler.onnx_run import session
@@ -107,7 +108,7 @@ def latency(gated_path: Path, rounds: int = 15) -> dict[str, Any]:
     gated = onnx.load(str(gated_path))
     ungated = strip_gates(gated)
     result: dict[str, Any] = {
-        "gate_nodes": len(gate_part(gated)[0]),
+        "gate_nodes": len(gate_part(gated)[0]) + len(clamp_part(gated)[0]),
         "core_nodes": len(ungated.graph.node),
     }
     result["batch1"] = _pair(ungated, gated, 1, rounds, 2000)

@@ -229,7 +229,20 @@ def test_errors_write_nothing(tmp_path: Path, unsafe: str, code: int, needles: l
     if "Y_2" in unsafe:
         path.write_text("(declare-const Y_2 Real)\n" + path.read_text())
     out = tmp_path / "out"
-    result = invoke("compile", tiny_net(tmp_path), "-o", out, "--spec", path, "--gate-timeout", "5")
+    # --gate-layer output: with auto a hidden gate repairs the no-coordinate polytope
+    # (tests/test_hidden_gates.py)
+    result = invoke(
+        "compile",
+        tiny_net(tmp_path),
+        "-o",
+        out,
+        "--spec",
+        path,
+        "--gate-timeout",
+        "5",
+        "--gate-layer",
+        "output",
+    )
     assert result.exit_code == code, result.output
     assert says(result.stderr, *needles), result.stderr
     assert not out.exists()

@@ -14,8 +14,9 @@ provable ``u`` is found by bisection:
   toward everything reachable.
 
 The anchor ``a`` is the safe sample with the largest safety margin (without safe
-samples: the uniform point of ``R`` with the largest one).  Without safe samples
-(the original is unsafe everywhere it was sampled) the family is ``a + u (R - a)``.
+samples: the uniform point with the largest one in ``R``, or in ``R`` widened).
+Without safe samples (the original is unsafe everywhere it was sampled) the
+family is ``a + u (R - a)``.
 (Per-coordinate quantile boxes were tried first: on ACAS Xu prop 2 at the last
 hidden layer even the median box did not prove, while the hull of the 1,999
 safest of 2,000 safe samples does.)
@@ -37,7 +38,9 @@ from relugate.passes.analysis.steps import float32_box
 BISECTIONS = 11
 """Bisection steps on ``u`` after its end points."""
 ANCHOR_POINTS = 4096
-"""Uniform points of ``R`` tried as anchors, besides the safe samples."""
+"""Uniform points tried as anchors per scale when there are no safe samples."""
+ANCHOR_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Widening factors of ``R`` (about its center) for those points."""
 
 Provable = Callable[[Range], bool]
 Margin = Callable[[np.ndarray], np.ndarray]  # hidden rows -> safety margin (> 0: safe)
@@ -102,14 +105,24 @@ def _f32(lo: np.ndarray, hi: np.ndarray) -> Range:
 
 def anchor(samples: Samples, hull: Range, margin: Margin, rng: np.random.Generator) -> np.ndarray:
     """The safest candidate (largest margin): among the safe samples when there are any,
-    else among uniform points of ``hull``; empty when no candidate is safe."""
+    else among uniform points of ``hull`` widened ``ANCHOR_SCALES`` times about its
+    center (the clamp may send hidden values where the network never goes); empty
+    when no candidate is safe."""
     candidates = samples.hidden[samples.safe]
-    if not len(candidates):
-        lo, hi = hull
-        candidates = lo + rng.random((ANCHOR_POINTS, lo.size)) * (hi - lo)
-    values = margin(candidates)
-    best = int(np.argmax(values))
-    return candidates[best] if values[best] > 0 else np.empty(0)
+    if len(candidates):
+        values = margin(candidates)
+        best = int(np.argmax(values))
+        return candidates[best] if values[best] > 0 else np.empty(0)
+    lo, hi = hull
+    center = 0.5 * (lo + hi)
+    half = np.maximum(0.5 * (hi - lo), 0.5 * float(np.mean(hi - lo)))
+    for scale in ANCHOR_SCALES:
+        points = center + scale * half * (2 * rng.random((ANCHOR_POINTS, lo.size)) - 1)
+        values = margin(points)
+        best = int(np.argmax(values))
+        if values[best] > 0:
+            return points[best]
+    return np.empty(0)
 
 
 class Family:

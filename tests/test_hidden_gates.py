@@ -1,0 +1,244 @@
+"""Hidden-layer gates: the clamp they emit, its numbers in onnxruntime, soundness under
+attack, the polytope output gates refuse, and the errors (no provable region, no such
+layer, a tampered certificate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from cli_helpers import invoke, says
+from test_gates import SPEC_IN, assert_safe, pgd_points, run_gated
+from test_verify import spec, tiny_net
+
+from relugate.compiler.compile import CompileOptions, compile_model
+from relugate.compiler.errors import BadSpec, ProofFailed
+from relugate.compiler.fidelity import run_any
+from relugate.compiler.frontend import load_model
+from relugate.compiler.gates_onnx import gate_part, strip_gates
+from relugate.compiler.hidden_onnx import (
+    append_clamp,
+    clamp_part,
+    cuts,
+    find_cut,
+    strip_clamp,
+    tail_model,
+)
+from relugate.compiler.importer import import_network
+from relugate.compiler.network import TensorSpec
+from relugate.compiler.onnx_run import run_batch
+from relugate.compiler.spec import read_vnnlib
+from relugate.compiler.verify import float32_inside
+from relugate.passes.analysis.hidden_gate import Samples, design_region
+from relugate.passes.analysis.hidden_proof import prove_tail
+
+BAND = "(and (>= Y_0 0.2) (<= Y_0 0.5))"
+"""Unsafe: y0 in a band.  Its rows have opposite signs on Y_0 and Y_1 is absent, so no
+output gate exists (``choose_coordinate`` refuses); violated on [-1, 1]^2."""
+
+
+def compile_hidden(tmp_path: Path, path: Path, layer: str = "auto") -> tuple[Path, Path, dict]:
+    model = tiny_net(tmp_path)
+    out = tmp_path / "out"
+    options = CompileOptions(out_dir=out, gate_timeout=10, gate_layer=layer)
+    return model, out, compile_model(model, options, specs=[path]).report
+
+
+# --- golden and numeric -----------------------------------------------------------
+
+
+def test_golden_clamp_nodes(tmp_path: Path) -> None:
+    core = onnx.load(str(tiny_net(tmp_path)))
+    (cut,) = cuts(core)
+    assert cut.index == 0 and cut.shape == (3,)
+    lo, hi = np.array([0.0, 0.0, 0.25]), np.array([1.5, 0.5, 0.75])
+    gated = append_clamp(core, cut, lo, hi)
+    nodes, consts = clamp_part(gated)
+    relu = core.graph.node[cut.node]
+    assert [(n.op_type, n.name, list(n.input)) for n in nodes] == [
+        ("Max", "relugate_gate/hidden/max", [relu.output[0], "relugate_gate/hidden/lo"]),
+        (
+            "Min",
+            "relugate_gate/hidden/min",
+            ["relugate_gate/hidden/max:out", "relugate_gate/hidden/hi"],
+        ),
+    ]
+    after = [n for n in gated.graph.node if relu.output[0] in n.input]
+    assert [n.name for n in after] == ["relugate_gate/hidden/max"]  # the only reader
+    order = [n.name for n in gated.graph.node]
+    assert order.index("relugate_gate/hidden/min") == order.index(relu.name) + 2
+    value = {c.name: onnx.numpy_helper.to_array(c) for c in consts}
+    np.testing.assert_array_equal(value["relugate_gate/hidden/lo"], np.float32([lo]))
+    np.testing.assert_array_equal(value["relugate_gate/hidden/hi"], np.float32([hi]))
+    assert {c.data_type for c in consts} == {onnx.TensorProto.FLOAT}
+    assert gate_part(gated) == ([], [])  # output gates: none
+    assert strip_clamp(gated).SerializeToString() == core.SerializeToString()
+    assert strip_gates(gated).SerializeToString() == core.SerializeToString()
+
+
+def test_clamped_model_matches_numpy(tmp_path: Path) -> None:
+    core = onnx.load(str(tiny_net(tmp_path)))
+    cut = find_cut(core, 0)
+    lo, hi = np.float32([0.1, 0.0, 0.2]), np.float32([0.9, 0.3, 0.6])
+    gated = append_clamp(core, cut, lo.astype(np.float64), hi.astype(np.float64))
+    x = np.random.default_rng(0).uniform(-1, 1, (5000, 2)).astype(np.float32)
+    w1 = np.float32([[1, 1], [1, -1], [1, 0]])
+    w2 = np.float32([[1, -1, 0], [0, 0, 1]])
+    h = np.clip(np.maximum(x @ w1.T, 0), lo, hi)
+    np.testing.assert_allclose(run_gated(gated, x), h @ w2.T, rtol=0, atol=1e-6)
+    tail_in = TensorSpec(cut.tensor, (1, 3), True)
+    tail = run_batch(tail_model(core, cut), tail_in, h)  # the tail alone, on the clamped h
+    np.testing.assert_allclose(tail, run_gated(gated, x), rtol=0, atol=1e-6)
+
+
+# --- soundness: the polytope output gates refuse, repaired by a hidden gate -------
+
+
+def test_output_gate_refuses_band(tmp_path: Path) -> None:
+    with pytest.raises(ProofFailed, match="no output gate for"):
+        compile_hidden(tmp_path, spec(tmp_path, -1, 1, BAND), layer="output")
+    assert not (tmp_path / "out").exists()
+
+
+def test_band_repaired_by_hidden_gate_survives_attack(tmp_path: Path) -> None:
+    path = spec(tmp_path, -1, 1, BAND)
+    model, out, report = compile_hidden(tmp_path, path)  # auto: falls back to hidden
+    assert report["verdict_original"][0]["verdict"] == "violated"
+    assert report["gates"] == []
+    hidden = report["hidden_gate"]
+    assert hidden["layer"] == 0 and [p["verdict"] for p in hidden["tail_proof"]] == ["holds"]
+    fid = report["fidelity"][0]
+    # one box cannot hold both sides of the band: the safest side's samples are kept
+    assert fid["unsafe_gated"] == 0 and fid["safe_close"] > 0.01
+    gated = onnx.load(str(out / "model.onnx"))
+    assert [n.op_type for n in clamp_part(gated)[0]] == ["Max", "Min"]
+    case = read_vnnlib(path).cases[0]
+    rng = np.random.default_rng(3)
+    x = case.box.sample(1_000_000, rng)
+    assert case.is_unsafe(run_batch(str(model), SPEC_IN, x[:20000].astype(np.float32))).any()
+    assert_safe(gated, case, x)
+    attack = pgd_points(model, case, 100, rng)
+    assert case.is_unsafe(run_batch(str(model), SPEC_IN, attack.astype(np.float32))).any()
+    assert_safe(gated, case, attack)
+    cert = json.loads((out / "certificate.json").read_text())
+    assert cert["hidden_gate"]["region"] == hidden["region"]
+    result = invoke("check", out)
+    assert result.exit_code == 0, result.output
+    assert says(result.stdout, "hidden gate at layer 0", "1 cases proved again")
+
+
+def test_explicit_layer_on_violated_two_rows(tmp_path: Path) -> None:
+    path = spec(tmp_path, -1, 1, "(and (>= Y_0 Y_1) (>= Y_0 0.2))")
+    _, out, report = compile_hidden(tmp_path, path, layer="0")
+    assert report["hidden_gate"]["layer"] == 0 and report["gates"] == []
+    case = read_vnnlib(path).cases[0]
+    gated = onnx.load(str(out / "model.onnx"))
+    assert_safe(gated, case, case.box.sample(200_000, np.random.default_rng(4)))
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+def test_region_search_gives_up_when_nothing_proves() -> None:
+    rng = np.random.default_rng(0)
+    samples = Samples(rng.random((50, 3)), np.ones(50, dtype=bool))
+    hull = (np.zeros(3), np.ones(3))
+    tried: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def never(region: tuple[np.ndarray, np.ndarray]) -> bool:
+        tried.append(region)
+        return False
+
+    assert design_region(samples, hull, never, lambda h: np.ones(len(h))) is None
+    assert len(tried) == 2  # the hull of every safe sample, then the anchor alone
+
+
+def test_region_search_grows_to_what_proves() -> None:
+    rng = np.random.default_rng(0)
+    samples = Samples(rng.random((400, 2)), np.ones(400, dtype=bool))
+
+    def below(region: tuple[np.ndarray, np.ndarray]) -> bool:  # provable: hi[0] < 0.8
+        return bool(region[1][0] < 0.8)
+
+    found = design_region(samples, (np.zeros(2), np.ones(2)), below, lambda h: 1 - h[:, 0])
+    assert found is not None
+    (_, hi), info = found
+    kept = float((samples.hidden[:, 0] < 0.8).mean())  # every sample below 0.8, no other
+    assert hi[0] < 0.8 and info["safe_inside"] == pytest.approx(kept, abs=1 / 400)
+
+
+def test_unprovable_region_clear_error_no_bundle(tmp_path: Path) -> None:
+    path = spec(tmp_path, -1, 1, "(or (<= Y_0 0) (>= Y_0 0))")  # every output unsafe
+    out = tmp_path / "out"
+    result = invoke(
+        "compile",
+        tiny_net(tmp_path),
+        "-o",
+        out,
+        "--spec",
+        path,
+        "--gate-layer",
+        "0",
+        "--gate-timeout",
+        "5",
+        "--target",
+        "none",
+    )
+    assert result.exit_code == 4, result.output
+    assert says(result.stderr, "no hidden gate at layer 0", "nothing was written"), result.stderr
+    assert not out.exists()
+
+
+def test_missing_layer_is_a_bad_spec(tmp_path: Path) -> None:
+    core = onnx.load(str(tiny_net(tmp_path)))
+    with pytest.raises(BadSpec, match=r"hidden gate layer 3 does not exist.*1 hidden layers"):
+        find_cut(core, 3)
+    with pytest.raises(BadSpec, match="--gate-layer must be"):
+        compile_hidden(tmp_path, spec(tmp_path, -1, 1, BAND), layer="middle")
+
+
+def test_tail_proof_refuses_unsafe_region(tmp_path: Path) -> None:
+    core = onnx.load(str(tiny_net(tmp_path)))
+    tail = tail_model(core, find_cut(core, 0))
+    prop = read_vnnlib(spec(tmp_path, -1, 1, BAND))
+    unsafe_box = (np.array([0.3, 0.0, 0.0]), np.array([0.4, 0.0, 0.0]))  # y0 in [0.3, 0.4]
+    (proof,) = prove_tail(tail, [[unsafe_box]], [prop], 5.0)
+    assert proof.verdict == "violated" and not proof.proved
+    safe_box = (np.array([0.6, 0.0, 0.0]), np.array([0.9, 0.0, 0.0]))
+    assert prove_tail(tail, [[safe_box]], [prop], 5.0)[0].proved
+
+
+def test_check_catches_a_tampered_region(tmp_path: Path) -> None:
+    _, out, _ = compile_hidden(tmp_path, spec(tmp_path, -1, 1, BAND))
+    cert_path = out / "certificate.json"
+    cert = json.loads(cert_path.read_text())
+    kept = cert["hidden_gate"]["region"]["hi"][0]
+    cert["hidden_gate"]["region"]["hi"][0] = kept + 1.0
+    cert_path.write_text(json.dumps(cert))
+    result = invoke("check", out)
+    assert result.exit_code == 5, result.output
+    assert says(result.stderr, "hidden gate in model.onnx differs from the certificate")
+    cert["hidden_gate"]["region"]["hi"][0] = kept
+    cert["hidden_gate"]["reach"][0][0]["hi"][0] = -1.0  # a reach box CROWN does not fit in
+    cert_path.write_text(json.dumps(cert))
+    result = invoke("check", out)
+    assert result.exit_code == 5 and says(result.stderr, "are not inside the certificate's")
+
+
+@pytest.mark.slow
+def test_acasxu_prop2_hidden_gate(benchmarks: Path, tmp_path: Path) -> None:
+    model = benchmarks / "acasxu" / "ACASXU_run2a_1_2_batch_2000.onnx"
+    path = benchmarks / "acasxu" / "prop_2.vnnlib"
+    out = tmp_path / "out"
+    options = CompileOptions(out_dir=out, gate_timeout=30, gate_layer="hidden")
+    report = compile_model(model, options, specs=[path]).report
+    assert report["hidden_gate"] is not None and report["fidelity"][0]["safe_close"] >= 0.99
+    case = read_vnnlib(path).cases[0]
+    net = import_network(load_model(model))
+    gated = onnx.load(str(out / "model.onnx"))
+    x = float32_inside(case.box.sample(200_000, np.random.default_rng(5)), case.box)
+    assert not case.is_unsafe(run_any(gated, net.input, x).astype(np.float64)).any()
+    assert invoke("check", out).exit_code == 0
