@@ -97,6 +97,7 @@ def build_manifest(
             "nodes": lowered.gate_nodes,
             "ungated_output": 1 if gated else None,
             "packed": gated,  # one library output: concat([output, ungated], axis=0)
+            "counts": lowered.counted,  # ...then 2 rows: firings per element, and in all
             "firing": "an input fires a gate when the gated and ungated outputs differ"
             if gated
             else None,

@@ -36,7 +36,10 @@ def load(path: str | Path) -> Model:
     spec = manifest["input"]
     sample, batch = tuple(spec["sample_shape"]), manifest["batch"]
     packed = bool(manifest["gates"].get("packed", False))  # older bundles: two outputs
-    executor = Executor(module, device_for(manifest), sample, batch, spec["has_batch"], packed)
+    counts = bool(manifest["gates"].get("counts", False))  # older bundles: counted here
+    executor = Executor(
+        module, device_for(manifest), sample, batch, spec["has_batch"], packed, counts
+    )
     regions = None
     if "regions.json" in manifest.get("files", {}):  # hashed above like every file
         from relugate.runtime.regions import load_regions

@@ -31,7 +31,10 @@ class Executor:
     model without a batch axis (``has_batch=False``) runs row by row.
     ``packed``: the library returns one tensor holding two outputs one after the
     other on its leading axis (a gated model: the output, then the ungated one);
-    ``run_all`` splits it into two views.
+    ``run_all`` splits it into two views.  ``counts``: two more rows follow, the
+    library's gate-firing counts for this call (``backends.tvm._count_nodes``),
+    returned as a third view; batches run in chunks (a fixed batch size) return
+    no counts, since the padding rows would be counted.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class Executor:
         batch: int | None,
         has_batch: bool = True,
         packed: bool = False,
+        counts: bool = False,
     ) -> None:
         self.module = module
         self.device = device
@@ -49,6 +53,7 @@ class Executor:
         self.batch = batch if has_batch else 1
         self.has_batch = has_batch
         self.packed = packed
+        self.counts = packed and counts and has_batch
         self._local = threading.local()
         self._on_cpu = int(device.dlpack_device_type()) == 1  # kDLCPU
 
@@ -86,7 +91,8 @@ class Executor:
         return self.run_all(batch)[0]
 
     def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
-        """All outputs of the library (gated models: the output, then the ungated one)."""
+        """All outputs of the library (gated models: the output, the ungated one, and
+        when the library counts firings, the counts)."""
         n = len(batch)
         if self.batch is None or n == self.batch:
             return self._call(batch)
@@ -97,7 +103,7 @@ class Executor:
             if len(chunk) < step:
                 pad = np.repeat(chunk[-1:], step - len(chunk), axis=0)
                 chunk = np.concatenate([chunk, pad])
-            parts.append([o.copy() for o in self._call(chunk)])
+            parts.append([o.copy() for o in self._call(chunk)[:2]])
         return [np.concatenate([p[i] for p in parts])[:n] for i in range(len(parts[0]))]
 
     def _call(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -110,10 +116,12 @@ class Executor:
         else:
             tensor.copyfrom(batch)
         result = main(tensor)
-        if self.packed:  # one tensor: [output, ungated] on the leading axis
+        if self.packed:  # one tensor: [output, ungated(, 2 rows of counts)] on axis 0
             both = self._to_numpy(result)
-            half = len(both) // 2
-            outputs = [both[:half], both[half:]]
+            half = (len(both) - 2) // 2 if self.counts else len(both) // 2
+            outputs = [both[:half], both[half : 2 * half]]
+            if self.counts:
+                outputs.append(both[2 * half :])
         elif _is_tuple(result):
             outputs = [self._to_numpy(o) for o in result]
         else:

@@ -10,6 +10,8 @@ reports it (``run_detailed``).  Every call is counted (``stats()``).
 Gate firings: a gated bundle's library returns the ungated output too; a
 row fired a gate when the two differ (``gate_fired``), and
 ``gate_fired_by_output`` counts, per output element, the rows a gate changed.
+Libraries with a batch axis count these themselves (manifest ``gates.counts``)
+and ``run`` reads their counts; ``run_detailed`` compares the two outputs.
 
 Proved-safe regions: a bundle compiled with ``--regions`` carries the boxes
 ``relugate characterize`` proved safe for the original network;
@@ -137,7 +139,9 @@ class Model:
             if self._all_inside(batch):
                 outputs = self.executor.run_all(batch)
                 n = len(batch)
-                if not self.gated or _same(outputs[0], outputs[1]):
+                if len(outputs) > 2:  # the library counted the firings
+                    self._record_counts(n, outputs[2])
+                elif not self.gated or _same(outputs[0], outputs[1]):
                     self.telemetry.record_clean(n)
                 else:
                     self.telemetry.record_gates(n, *_changed(outputs[0], outputs[1], n))
@@ -146,6 +150,15 @@ class Model:
                     out = out.reshape(n, *self.output_sample_shape)
                 return out
         return self.run_detailed(x).output
+
+    def _record_counts(self, n: int, counts: np.ndarray) -> None:
+        """``counts`` (2, *output sample): per element, then in all (every element), the
+        inputs of this call a gate changed."""
+        fired = int(counts[1].flat[0])
+        if fired:
+            self.telemetry.record_counted(n, fired, counts[0])
+        else:
+            self.telemetry.record_clean(n)
 
     def _plain(self, x: object) -> bool:
         return (

@@ -67,6 +67,16 @@ class Telemetry:
                 for j, count in by_output.items():
                     t.gate_fired_by_output[j] += count
 
+    def record_counted(self, inputs: int, fired: int, by_output: np.ndarray) -> None:
+        """``record_gates`` with the per-element counts as an array (the library's own)."""
+        with self._lock:
+            self.calls += 1
+            t = self.totals
+            t.inputs += inputs
+            t.gate_fired += fired
+            if t.gate_fired_by_output is not None:
+                t.gate_fired_by_output += by_output.reshape(-1).astype(np.int64)
+
     def record_clean(self, inputs: int) -> None:
         """A call whose inputs were all in the domain and fired no gate."""
         with self._lock:

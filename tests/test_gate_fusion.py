@@ -76,10 +76,16 @@ def test_fused_library_matches_onnxruntime(tmp_path: Path, batch: int | None, sw
     library = lower(gated, "llvm", batch).load()
     fired = 0
     for x in (inside.astype(np.float32), outside.astype(np.float32)):
-        y, ungated = library.run_all(x)
+        y, ungated, *counts = library.run_all(x)
         assert_close(reference(gated, x), y)
         assert_close(reference(strip_gates(gated), x), ungated)
-        fired += int((y != ungated).any(axis=1).sum())
+        changed = y != ungated
+        fired += int(changed.any(axis=1).sum())
+        # the library counts firings itself, except when it runs the batch in chunks
+        assert len(counts) == (1 if batch is None else 0)
+        if counts:
+            np.testing.assert_array_equal(counts[0][0], changed.sum(axis=0))
+            assert (counts[0][1] == changed.any(axis=1).sum()).all()
     assert fired > 0  # the comparison saw the gate act
 
 

@@ -56,11 +56,14 @@ def test_gated_model_exposes_ungated_output() -> None:
     model = gated_model()
     lowered = lower(model, "llvm")
     assert lowered.gated and lowered.gate_nodes == 1
-    assert [o.name for o in lowered.outputs] == ["y", "y_ungated"]
+    assert [o.name for o in lowered.outputs] == ["y", "y_ungated", "y_gate_counts"]
     x = RNG.normal(0, 1, (64, 2)).astype(np.float32)
-    y, ungated = lowered.load().run_all(x)
+    y, ungated, counts = lowered.load().run_all(x)
     assert_close(reference(model, x), y)
     np.testing.assert_array_equal(y, np.minimum(ungated, 0.5))
+    changed = y != ungated  # counted by the library: per output element, then in all
+    np.testing.assert_array_equal(counts[0], changed.sum(axis=0))
+    assert (counts[1] == changed.any(axis=1).sum()).all() and changed.any()
 
 
 def test_cuda_source_generated_and_exported(tmp_path: Path) -> None:

@@ -74,8 +74,8 @@ def reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
         out = np.stack([np.asarray(sess.run(None, {name: row})[0]) for row in x])
     else:
         out = np.asarray(sess.run(None, {name: x})[0])
-    if len(specs) > 2:  # gated: the output is packed with the ungated one, keep the first half
-        out = out[: len(out) // 2]
+    if len(specs) > 2:  # gated: the output is packed with the ungated one (and the
+        out = out[: len(x)]  # firing counts): keep the first rows
     return out
 
 

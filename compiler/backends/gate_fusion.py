@@ -37,7 +37,8 @@ SUFFIX = "_relugate_gate"
 
 def _ungated_var(func: Any) -> Any | None:
     """The variable holding the ungated output: the second operand of the concatenation
-    that packs the library's output (``tvm.prepare``), if ``main`` ends with one."""
+    that packs the library's output (``tvm.prepare``), if ``main`` ends with one.  The
+    firing counts (``tvm._count_nodes``) come after it, so they join the gate tail."""
     import tvm
     from tvm import relax
 
@@ -53,7 +54,7 @@ def _ungated_var(func: Any) -> Any | None:
                 and value.op.same_as(call_tir)
                 and value.args[0].name_hint.startswith("concatenate")
                 and isinstance(value.args[1], relax.Tuple)
-                and len(value.args[1].fields) == 2
+                and len(value.args[1].fields) in (2, 4)  # with the firing counts: 4
             ):
                 field = value.args[1].fields[1]
                 return field if isinstance(field, relax.Var) else None
