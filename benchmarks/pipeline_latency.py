@@ -122,22 +122,35 @@ def run_case(name: str, batch: int, tune_seconds: float, rounds: int) -> dict[st
     }
 
 
+def merged(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's cases, plus the last run's cases it did not redo (each keeps its own
+    tuning budget and load figures)."""
+    path = RESULTS / "pipeline_latency.json"
+    old = json.loads(path.read_text())["cases"] if path.is_file() else []
+    done = {(c["case"], c["batch"]) for c in cases}
+    order = {name: i for i, name in enumerate(CASES)}
+    kept = [c for c in old if (c["case"], c["batch"]) not in done]
+    return sorted(kept + cases, key=lambda c: (order.get(c["case"], 99), c["batch"]))
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         "# Latency of the deployed bundle vs the original (issue 7)",
         "",
-        f"One thread, {m['cpu']} ({m['machine']}, {m['cores']} cores), load average "
-        f"{m['load_average_at_start']:.1f} at start and {m['load_average_at_end']:.1f} at end. "
+        f"One thread, {m['cpu']} ({m['machine']}, {m['cores']} cores); load: the load "
+        "average when the case was measured (other work shared the machine). "
         f"TVM {m['tvm']}, onnxruntime {m['onnxruntime']}. Bundles built by `relugate.compile` "
         f"on the spec (stable ReLUs removed on its input box, gates where violated, "
-        f"{result['tune_seconds']:.0f} s MetaSchedule budget per case). Minimum over "
+        "MetaSchedule budget per case in the tuning column, database cached and reused). "
+        "Minimum over "
         f"{result['rounds']} interleaved rounds of the mean time per call, microseconds; "
         "inputs uniform in the spec's box; ratio = time / onnxruntime on the original file.",
         "",
         "| case | batch | original | ReLUs | params | gates | ort original | ort final "
-        "| bundle.run | ort final/original | bundle/original | max rel. err |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| bundle.run | ort final/original | bundle/original | tuning s / trials | load "
+        "| max rel. err |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for c in result["cases"]:
         us, r = c["us_per_call"], c["ratio_to_ort_original"]
@@ -147,6 +160,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{relus[0]} -> {relus[1]} | {params[0]:,} -> {params[1]:,} | {c['gates']} | "
             f"{us['ort_original']:.1f} | {us['ort_final']:.1f} | "
             f"{us['bundle']:.1f} | {r['ort_final']:.2f} | {r['bundle']:.2f} | "
+            f"{c['tune_seconds']:.0f} / {(c['tuning'] or {}).get('trials', 0)} | "
+            f"{c['load_average']:.1f} | "
             f"{c['bundle_vs_ort_final_max_relative_error']:.1e} |"
         )
     return "\n".join(lines) + "\n"
@@ -172,9 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         for batch in (int(b) for b in args.batches.split(",")):
             case = run_case(name, batch, args.tune_seconds, args.rounds)
+            case["tune_seconds"] = args.tune_seconds
+            case["load_average"] = os.getloadavg()[0]
             result["cases"].append(case)
             print(json.dumps({k: case[k] for k in ("case", "batch", "us_per_call")}), flush=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    result["cases"] = merged(result["cases"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pipeline_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "pipeline_latency.md").write_text(markdown(result))
