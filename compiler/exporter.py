@@ -19,6 +19,8 @@ from relugate import __version__
 from relugate.compiler.errors import UnsupportedModel
 from relugate.compiler.frontend import TARGET_OPSET
 from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape, Scale, Transpose
+from relugate.compiler.max_tree import MaxTree
+from relugate.compiler.max_tree_onnx import emit_max_tree
 from relugate.compiler.network import Network
 
 Emitter = Callable[[gs.Graph, Layer, gs.Variable], gs.Variable]
@@ -170,5 +172,6 @@ EMITTERS: dict[type, Emitter] = {
     Reshape: _reshape_layer,
     Transpose: _transpose,
     Scale: _scale,
+    MaxTree: emit_max_tree,
 }
 """One ONNX emitter per canonical layer type."""

@@ -52,6 +52,10 @@ class Layer:
         """Multiply-adds (counted as 2 FLOPs each) or elementwise ops, per sample."""
         return 0
 
+    def relu_units(self, in_shape: Shape) -> int:
+        """ReLU units (scalar activations) the layer computes, per sample."""
+        return 0
+
     def describe(self) -> str:
         return self.kind
 
@@ -180,6 +184,9 @@ class Relu(Layer):
         return np.where(x > 0, grad, 0).astype(grad.dtype)
 
     def flops(self, in_shape: Shape) -> int:
+        return prod(in_shape)
+
+    def relu_units(self, in_shape: Shape) -> int:
         return prod(in_shape)
 
 

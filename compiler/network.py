@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Shape
+from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Shape
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Network:
     def relu_count(self) -> int:
         """Number of ReLU units (scalar activations), per sample."""
         shapes = self.shapes()
-        return sum(prod(shapes[i]) for i, lay in enumerate(self.layers) if isinstance(lay, Relu))
+        return sum(lay.relu_units(shapes[i]) for i, lay in enumerate(self.layers))
 
     def param_count(self) -> int:
         return sum(layer.params() for layer in self.layers)

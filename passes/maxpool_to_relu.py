@@ -18,12 +18,21 @@ Without a domain such a MaxPool stays, with the reason in the report.  When
 no window reaches padding and no ReLU precedes, the signed template is used:
 exact for every input, no domain needed (stable-ReLU pruning may then
 simplify it on the domain).
+
+On a domain (option ``maxpool_prune``, on by default) each MaxPool instead
+becomes a ``MaxTree`` over the window elements the bounds leave as possible
+maxima (``max_prune``): a window left with one element is a selection, and
+only windows left with several keep ReLUs, one per pair.  A ReLU right before
+the pool is absorbed (the constant zero joins each window).  Each removed
+element is a ``dominated`` certificate entry (window, element, the element
+that dominates it, the bound, the analysis).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +53,7 @@ from relugate.passes.analysis import max_template
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.steps import steps_of
 from relugate.passes.base import CertificateEntry, PassContext, PassResult, unchanged
+from relugate.passes.max_prune import domain_entry, prune_pool
 
 
 @dataclass(frozen=True)
@@ -225,20 +235,27 @@ class MaxPoolToRelu:
         entries: list[CertificateEntry] = []
         left: dict[str, str] = {}
         proofs: dict[str, float] = {}
+        pruned: dict[str, dict[str, Any]] = {}
+        rewritten = 0
+        prune = ctx.domain is not None and bool(ctx.options.get("maxpool_prune", True))
         for i, layer in enumerate(net.layers):
             if not isinstance(layer, MaxPool):
                 out.append(layer)
                 continue
-            done = self._rewrite(net, i, ctx, out, proofs)
+            cut = self._prune(net, i, ctx, out, pruned) if prune else None
+            done = self._rewrite(net, i, ctx, out, proofs) if cut is None else cut
             if isinstance(done, str):
                 left[layer.name] = done
                 out.append(layer)
             else:
-                entries.append(done)
+                entries.extend(done)
+                rewritten += 1
+        if pruned and ctx.domain is not None:
+            entries.insert(0, domain_entry(self.name, ctx))
         after = net.with_layers(out)
         before_stats, after_stats = net.stats(), after.stats()
         report = {
-            "maxpools_rewritten": len(entries),
+            "maxpools_rewritten": rewritten,
             "maxpools_left": left,
             "relus_added": after_stats["relus"] - before_stats["relus"],
             "params_before": before_stats["params"],
@@ -246,12 +263,38 @@ class MaxPoolToRelu:
             "flops_before": before_stats["flops"],
             "flops_after": after_stats["flops"],
             "proof_ms": proofs,
+            "pruned": pruned,
+            "relus_full_tree": before_stats["relus"]
+            + sum(p.get("relus_full_tree", 0) for p in pruned.values()),
         }
         return PassResult(after, bool(entries), report, tuple(entries))
 
+    def _prune(
+        self, net: Network, i: int, ctx: PassContext, out: list[Layer], pruned: dict[str, Any]
+    ) -> list[CertificateEntry] | None:
+        """MaxPool ``i`` as a pruned MaxTree (``max_prune``), or None to build the full tree."""
+        plan = plan_for(net, i, ctx)  # refuses windows made only of padding
+        assert not isinstance(plan, str)
+        done = prune_pool(net, i, ctx, out, self.name)
+        if isinstance(done, str):
+            pruned[net.layers[i].name] = {"refused": done}
+            return None
+        pool = net.layers[i]
+        assert isinstance(pool, MaxPool)
+        in_shape = net.shapes()[i]
+        full = max_template.build(prod(pool.kernel), plan.form).relus()
+        absorbed = prod(in_shape) if done[1]["absorbed_relu"] else 0
+        windows = prod(pool.out_shape(in_shape))
+        pruned[pool.name] = {
+            **done[1],
+            "relus_full_tree": full * windows,
+            "relus_absorbed": absorbed,
+        }
+        return done[0]
+
     def _rewrite(
         self, net: Network, i: int, ctx: PassContext, out: list[Layer], proofs: dict[str, float]
-    ) -> CertificateEntry | str:
+    ) -> list[CertificateEntry] | str:
         """Append the tree for MaxPool ``i`` to ``out``, or say why it stays."""
         pool = net.layers[i]
         assert isinstance(pool, MaxPool)
@@ -267,4 +310,4 @@ class MaxPoolToRelu:
         where = None if plan.shift is None else apply_shift(out, plan.shift, in_shape, pool.name)
         tree = tree_layers(pool, in_shape[0], max_template.build(k, plan.form), plan.shift)
         out.extend(tree)
-        return _entry(pool, plan, proof, tree, where)
+        return [_entry(pool, plan, proof, tree, where)]

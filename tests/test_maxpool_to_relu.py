@@ -22,8 +22,8 @@ from relugate.passes.maxpool_to_relu import MaxPoolToRelu, tree_layers
 
 U32 = 2.0**-24
 
-ON = {"maxpool": "relu"}
-"""The pass is opt-in."""
+ON = {"maxpool": "relu", "maxpool_prune": False}
+"""The pass is opt-in; these tests check the full tree (``test_max_prune`` the pruned one)."""
 
 
 def pool(kernel, strides=None, pads=None, dilations=None, name="pool") -> MaxPool:

@@ -24,6 +24,7 @@ import numpy as np
 
 from relugate.compiler import kernels
 from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape, Scale, Transpose
+from relugate.compiler.max_tree import MaxTree, SparseAffine
 from relugate.compiler.network import Network
 
 U32 = 2.0**-24
@@ -70,6 +71,8 @@ class Affine:
             return np.repeat(lay.bias.astype(np.float64), self.n_out // lay.bias.size)
         if isinstance(lay, Scale):
             return np.broadcast_to(lay.add, self.out_shape).astype(np.float64).reshape(-1)
+        if isinstance(lay, SparseAffine):
+            return lay.bias.astype(np.float64)
         return np.zeros(self.n_out)
 
     def apply(self, x: np.ndarray, absolute: bool = False) -> np.ndarray:
@@ -96,6 +99,8 @@ class Affine:
             y = flat * (np.abs(m) if absolute else m)
         elif isinstance(lay, Transpose):
             y = lay.forward(flat.reshape(-1, *self.in_shape))
+        elif isinstance(lay, SparseAffine):
+            y = lay.apply(flat, absolute)
         else:
             raise TypeError(f"{type(lay).__name__} is not affine")
         return y.reshape(*lead, self.n_out)
@@ -124,6 +129,8 @@ class Affine:
             y = lay.backward(
                 np.empty((len(flat), *self.in_shape)), flat.reshape(-1, *self.out_shape)
             )
+        elif isinstance(lay, SparseAffine):
+            y = lay.apply_transpose(flat)
         else:
             raise TypeError(f"{type(lay).__name__} is not affine")
         return y.reshape(*lead, self.n_in)
@@ -142,6 +149,10 @@ class Affine:
         if isinstance(self.layer, Transpose):
             return np.zeros((*x_abs.shape[:-1], self.n_out))
         magnitude = self.apply(x_abs, absolute=True) + np.abs(self.bias())
+        if isinstance(self.layer, SparseAffine):  # per row; exact rows have no error
+            t = self.layer.row_terms()
+            factor = np.where(t > 0, gamma(t + 2) + 4 * t * U64, 0.0)  # type: ignore[arg-type]
+            return factor * magnitude * (1 + 1e-6)
         # gamma for float32, plus float64 slack for the analysis' own arithmetic
         return (gamma(self.terms() + 2) + 4 * self.terms() * U64) * magnitude * (1 + 1e-6)
 
@@ -180,9 +191,26 @@ def steps_of(net: Network) -> list[Step]:
             steps.append(MaxPoolStep(layer, shapes[i], shapes[i + 1]))
         elif isinstance(layer, Dense | Conv | Scale | Transpose):
             steps.append(Affine(layer, shapes[i], shapes[i + 1]))
+        elif isinstance(layer, MaxTree):
+            steps += _max_tree_steps(layer, shapes[i])
         else:
             raise TypeError(f"no analysis step for layer {layer.name!r} ({layer.kind})")
     return steps
+
+
+def _max_tree_steps(tree: MaxTree, in_shape: tuple[int, ...]) -> list[Step]:
+    """A MaxTree as affine and ReLU steps (``max_tree_steps.lower``)."""
+    from relugate.passes.analysis.max_tree_steps import lower
+
+    out: list[Step] = []
+    shape = in_shape
+    for layer, out_shape in lower(tree, in_shape):
+        if isinstance(layer, Relu):
+            out.append(ReluStep(layer, prod(out_shape)))
+        else:
+            out.append(Affine(layer, shape, out_shape))
+        shape = out_shape
+    return out
 
 
 def float32_box(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

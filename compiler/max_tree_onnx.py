@@ -1,0 +1,61 @@
+"""ONNX for a ``MaxTree``: Gather / Sub / Relu / Add / Concat on the flattened tensor.
+
+``buf`` starts as one Gather of the input's values (the constant zero, when
+used, is one Pad column at its end); each level gathers its pairs' two sides,
+computes ``b + Relu(a - b)`` and concatenates the results onto ``buf``; one
+last Gather picks the outputs and a Reshape restores the pooled shape.  The
+graph's Relu elements are exactly the tree's pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from relugate.compiler.layers import Layer
+from relugate.compiler.max_tree import MaxTree
+
+
+def _op(
+    graph: gs.Graph, op: str, name: str, inputs: list[gs.Tensor], **attrs: object
+) -> gs.Variable:
+    out = gs.Variable(f"{name}:out")
+    graph.layer(op=op, name=name, inputs=inputs, outputs=[out], attrs=attrs)
+    return out
+
+
+def _ints(name: str, values: np.ndarray) -> gs.Constant:
+    return gs.Constant(name, np.ascontiguousarray(values, dtype=np.int64))
+
+
+def buffer_order(tree: MaxTree) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(input indices gathered, map from the tree's buffer index to the emitted one,
+    whether a zero column follows them)."""
+    real = tree.src != tree.n_in
+    zero = bool((~real).any())
+    k = int(real.sum())
+    head = np.where(real, np.cumsum(real) - 1, k)
+    extra = tree.buffer_sizes()[-1] - tree.src.size
+    shift = k + int(zero)
+    return tree.src[real], np.concatenate([head, shift + np.arange(extra)]), zero
+
+
+def emit_max_tree(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
+    assert isinstance(layer, MaxTree)
+    name = layer.name
+    gathered, remap, zero = buffer_order(layer)
+    flat = _op(graph, "Flatten", f"{name}/flatten", [h], axis=1)
+    buf = _op(graph, "Gather", f"{name}/gather", [flat, _ints(f"{name}/src", gathered)], axis=1)
+    if zero:
+        pads = _ints(f"{name}/pads", np.array([0, 0, 0, 1]))
+        buf = _op(graph, "Pad", f"{name}/zero", [buf, pads])
+    for level, (a, b) in enumerate(layer.pairs):
+        tag = f"{name}/l{level}"
+        hi = _op(graph, "Gather", f"{tag}/a", [buf, _ints(f"{tag}/ia", remap[a])], axis=1)
+        lo = _op(graph, "Gather", f"{tag}/b", [buf, _ints(f"{tag}/ib", remap[b])], axis=1)
+        diff = _op(graph, "Sub", f"{tag}/sub", [hi, lo])
+        top = _op(graph, "Add", f"{tag}/add", [lo, _op(graph, "Relu", f"{tag}/relu", [diff])])
+        buf = _op(graph, "Concat", f"{tag}/concat", [buf, top], axis=1)
+    y = _op(graph, "Gather", f"{name}/pick", [buf, _ints(f"{name}/ip", remap[layer.pick])], axis=1)
+    shape = _ints(f"{name}/shape", np.array([0, *layer.out]))
+    return _op(graph, "Reshape", name, [y, shape])
