@@ -55,15 +55,21 @@ def ort_unsafe(model: Path, spec: Path, x: np.ndarray) -> np.ndarray:
     return read_vnnlib(spec).cases[0].is_unsafe(y)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 2-16-16-2 net whose property fails on about 10% of the box, characterized."""
-    tmp = tmp_path_factory.mktemp("characterize")
+def characterized(tmp: Path, timeout: float, pattern_timeout: float) -> dict[str, Any]:
+    """A 2-16-16-2 net whose property fails on about 10% of the box, characterized into
+    ``tmp/regions.json`` (shared with ``test_regions_bundle``)."""
     model = save_model(mlp_model([2, 16, 16, 2], seed=3), tmp / "net.onnx")
     spec = write_spec(tmp / "p.vnnlib", round(margin_quantile(model, 0.9), 4))
     out = tmp / "regions.json"
-    state, data = characterize_model(model, spec, out, timeout=4.0, pattern_timeout=4.0)
+    state, data = characterize_model(
+        model, spec, out, timeout=timeout, pattern_timeout=pattern_timeout
+    )
     return {"model": model, "spec": spec, "out": out, "state": state, "data": data, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return characterized(tmp_path_factory.mktemp("characterize"), 4.0, 4.0)
 
 
 def boxes(data: dict[str, Any], status: str) -> tuple[np.ndarray, np.ndarray]:

@@ -4,30 +4,24 @@ rows inside proved-safe boxes and counts them; a regions file of another model i
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from cli_helpers import invoke
 from conftest import mlp_model, save_model
-from test_characterize import margin_quantile, write_spec
-
-from relugate.compiler.characterize_run import characterize_model
+from test_characterize import characterized as characterize_net
 
 pytest.importorskip("tvm")
 
 
 @pytest.fixture(scope="module")
-def characterized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("regions_bundle")
-    model = save_model(mlp_model([2, 16, 16, 2], seed=3), tmp / "net.onnx")
-    spec = write_spec(tmp / "p.vnnlib", round(margin_quantile(model, 0.9), 4))
-    regions = tmp / "regions.json"
-    characterize_model(model, spec, regions, timeout=3.0, pattern_timeout=1.0)
-    return {"model": model, "spec": spec, "regions": regions, "tmp": tmp}
+def characterized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    run = characterize_net(tmp_path_factory.mktemp("regions_bundle"), 3.0, 1.0)
+    return {**run, "regions": run["out"]}
 
 
-def test_runtime_reports_rows_in_proved_safe_regions(characterized: dict[str, Path]) -> None:
+def test_runtime_reports_rows_in_proved_safe_regions(characterized: dict[str, Any]) -> None:
     import relugate.runtime as rt
 
     out = characterized["tmp"] / "bundle"
@@ -51,7 +45,7 @@ def test_runtime_reports_rows_in_proved_safe_regions(characterized: dict[str, Pa
     assert stats["gate_fired_in_safe_region"] == 0
 
 
-def test_regions_of_another_model_are_refused(characterized: dict[str, Path]) -> None:
+def test_regions_of_another_model_are_refused(characterized: dict[str, Any]) -> None:
     other = save_model(mlp_model([2, 16, 16, 2], seed=4), characterized["tmp"] / "other.onnx")
     out = characterized["tmp"] / "refused"
     args = [other, "--spec", characterized["spec"], "-o", out, "--target", "none"]
