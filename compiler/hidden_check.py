@@ -78,6 +78,8 @@ def check_hidden(
         raise BundleError(f"hidden layer {cut.index} is {cut.tensor!r}, not {data['tensor']!r}")
     lo = np.array(data["region"]["lo"], dtype=np.float64)
     hi = np.array(data["region"]["hi"], dtype=np.float64)
+    if not all(np.array_equal(v.astype(np.float32).astype(np.float64), v) for v in (lo, hi)):
+        raise BundleError("the certificate's hidden gate region is not float32 values")
     expected = append_clamp(core, cut, lo, hi)
     if _serialized(clamp_part(expected)) != _serialized(clamp_part(model)):
         raise BundleError("the hidden gate in model.onnx differs from the certificate's region")

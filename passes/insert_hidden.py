@@ -5,15 +5,18 @@ layer, or all of them from the last hidden layer back): the float32-sound
 CROWN box of the cut on every case box (hull over a grid of the box, as the
 output ranges of ``insert_gates``, widened by ``RANGE_SLACK``), the hidden values
 of sampled inputs (onnxruntime on the core, the cut as a second output), then
-the largest provable region of ``hidden_gate``'s family, each attempt a
-``verify_model`` run on the tail per case (``hidden_proof``).  The chosen region
-is proved again with the full timeout per case, and that run is its proof.
+two candidate regions: the largest provable region of ``hidden_gate``'s family
+(each attempt a ``verify_model`` run on the tail per case, ``hidden_proof``) and the
+hull of the safe samples tightened per coordinate by the tail's CROWN bounds
+(``hidden_tighten``).  The one keeping more safe samples is proved again with the
+full timeout per case (the other one if that fails), and that run is its proof.
 Among the cuts that prove, the one keeping most original-safe samples inside
 its region wins (ties: the later layer).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +34,15 @@ from relugate.compiler.spec import Property
 from relugate.compiler.verify import float32_inside
 from relugate.passes.analysis.attack import unsafe_margin
 from relugate.passes.analysis.crown import crown_bounds
-from relugate.passes.analysis.hidden_gate import HiddenGate, Margin, Samples, design_region
+from relugate.passes.analysis.hidden_gate import (
+    HiddenGate,
+    Margin,
+    Samples,
+    design_region,
+    float32_region,
+)
 from relugate.passes.analysis.hidden_proof import Range, clip_box, prove_tail
+from relugate.passes.analysis.hidden_tighten import tighten
 from relugate.passes.analysis.steps import ReluStep, Step, steps_of
 from relugate.passes.insert_gates import SPLIT_BATCH, SPLIT_MAX_DIM, SPLIT_PIECES, grid, widen
 
@@ -153,15 +163,36 @@ def _gate_at(
 
     start = time.perf_counter()
     found = design_region(samples, (lo, hi), provable, tail_margin(tail, props))
-    if found is None:
+    candidates = [found] if found is not None else []
+    tightened = _tightened(tail, props, samples)
+    if tightened is not None:
+        candidates.append(
+            (tightened, {"method": "tighten", "safe_inside": samples.inside(tightened)})
+        )
+    candidates.sort(key=lambda c: -1.0 if c[1]["safe_inside"] is None else c[1]["safe_inside"])
+    for region, info in reversed(candidates):  # the most safe samples inside first
+        boxes = [[clip_box(r, *region) for r in per] for per in reach]
+        proofs = prove_tail(tail, boxes, props, timeout, stop_early=False)
+        if all(p.proved for p in proofs):
+            info["seconds"] = round(time.perf_counter() - start, 3)
+            info["candidates"] = [c[1]["safe_inside"] for c in candidates]
+            lo_h, hi_h = region
+            return HiddenGate(cut.index, cut.tensor, cut.shape, lo_h, hi_h, reach, proofs, info)
+    return None
+
+
+def _tightened(tail: onnx.ModelProto, props: Sequence[Property], samples: Samples) -> Range | None:
+    """``hidden_tighten`` from the hull of the safe samples (None: none, or no proof)."""
+    safe = samples.hidden[samples.safe]
+    if not len(safe):
         return None
-    region, info = found
-    boxes = [[clip_box(r, *region) for r in per] for per in reach]
-    proofs = prove_tail(tail, boxes, props, timeout, stop_early=False)
-    if not all(p.proved for p in proofs):
-        return None
-    info["seconds"] = round(time.perf_counter() - start, 3)
-    return HiddenGate(cut.index, cut.tensor, cut.shape, *region, reach, proofs, info)
+    with tempfile.TemporaryDirectory(prefix="relugate-tail-") as tmp:
+        path = Path(tmp) / "tail.onnx"
+        onnx.save(tail, str(path))
+        steps = steps_of(import_network(load_model(path)))
+    polys = [p for prop in props for case in prop.cases for p in case.unsafe]
+    region = tighten(steps, polys, safe, (safe.min(axis=0), safe.max(axis=0)))
+    return None if region is None else float32_region(*region)
 
 
 def _score(gate: HiddenGate) -> tuple[float, int]:

@@ -28,12 +28,15 @@ from relugate.compiler.hidden_onnx import (
     tail_model,
 )
 from relugate.compiler.importer import import_network
-from relugate.compiler.network import TensorSpec
+from relugate.compiler.layers import Dense
+from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_run import run_batch
-from relugate.compiler.spec import read_vnnlib
+from relugate.compiler.spec import Polytope, read_vnnlib
 from relugate.compiler.verify import float32_inside
 from relugate.passes.analysis.hidden_gate import Samples, design_region
 from relugate.passes.analysis.hidden_proof import prove_tail
+from relugate.passes.analysis.hidden_tighten import tighten
+from relugate.passes.analysis.steps import steps_of
 
 BAND = "(and (>= Y_0 0.2) (<= Y_0 0.5))"
 """Unsafe: y0 in a band.  Its rows have opposite signs on Y_0 and Y_1 is absent, so no
@@ -216,7 +219,7 @@ def test_check_catches_a_tampered_region(tmp_path: Path) -> None:
     cert_path = out / "certificate.json"
     cert = json.loads(cert_path.read_text())
     kept = cert["hidden_gate"]["region"]["hi"][0]
-    cert["hidden_gate"]["region"]["hi"][0] = kept + 1.0
+    cert["hidden_gate"]["region"]["hi"][0] = float(np.float32(kept + 1.0))
     cert_path.write_text(json.dumps(cert))
     result = invoke("check", out)
     assert result.exit_code == 5, result.output
@@ -242,3 +245,21 @@ def test_acasxu_prop2_hidden_gate(benchmarks: Path, tmp_path: Path) -> None:
     x = float32_inside(case.box.sample(200_000, np.random.default_rng(5)), case.box)
     assert not case.is_unsafe(run_any(gated, net.input, x).astype(np.float64)).any()
     assert invoke("check", out).exit_code == 0
+
+
+def test_tighten_shrinks_the_side_the_bound_needs() -> None:
+    tail = Network(
+        TensorSpec("h", (1, 2), True),
+        TensorSpec("y", (1, 1), True),
+        (Dense("d", weight=np.array([[1.0, -1.0]]), bias=np.zeros(1)),),
+    )
+    unsafe = Polytope(np.array([[1.0]]), np.array([0.0]))  # y = h0 - h1 <= 0
+    rng = np.random.default_rng(0)
+    h = rng.random((1000, 2))
+    h = h[h[:, 0] > h[:, 1]]  # the safe samples: their hull holds unsafe points
+    region = tighten(steps_of(tail), [unsafe], h, (h.min(axis=0), h.max(axis=0)))
+    assert region is not None
+    lo, hi = region
+    assert lo[0] > hi[1]  # min over the box of h0 - h1 > 0: proved
+    kept = np.all((h >= lo) & (h <= hi), axis=1).mean()
+    assert 0.2 < kept <= 0.5  # a box in the triangle holds at most half of it

@@ -98,7 +98,8 @@ class Samples:
         return float(np.all((s >= region[0]) & (s <= region[1]), axis=1).mean())
 
 
-def _f32(lo: np.ndarray, hi: np.ndarray) -> Range:
+def float32_region(lo: np.ndarray, hi: np.ndarray) -> Range:
+    """The region rounded outwards to float32 values (the clamp's constants)."""
     lo32, hi32 = float32_box(np.asarray(lo, np.float64), np.asarray(hi, np.float64))
     return lo32, np.maximum(hi32, lo32)
 
@@ -142,13 +143,15 @@ class Family:
     def __call__(self, u: float) -> Range:
         a, (r_lo, r_hi) = self.a, self.hull
         if not len(self.ordered):
-            return _f32(a + u * (r_lo - a), a + u * (r_hi - a))
+            return float32_region(a + u * (r_lo - a), a + u * (r_hi - a))
         n = len(self.ordered)
         if u <= 1:
-            return _f32(*self._hull(max(1, int(np.ceil(u * n)))))
+            return float32_region(*self._hull(max(1, int(np.ceil(u * n)))))
         t = u - 1
         lo, hi = self._hull(n)
-        return _f32(lo + t * (np.minimum(r_lo, lo) - lo), hi + t * (np.maximum(r_hi, hi) - hi))
+        return float32_region(
+            lo + t * (np.minimum(r_lo, lo) - lo), hi + t * (np.maximum(r_hi, hi) - hi)
+        )
 
 
 def largest(family: Family, provable: Provable) -> tuple[float, int] | None:
