@@ -26,9 +26,11 @@ from scipy import linalg
 
 from relugate.compiler.domain import Box
 from relugate.compiler.layers import Dense, Relu, Reshape
+from relugate.compiler.max_tree import MaxTree
 from relugate.compiler.network import Network
 from relugate.compiler.onnx_run import TOLERANCE, mismatch
 from relugate.passes.analysis.crown import crown_bounds
+from relugate.passes.analysis.max_tree_steps import step_count
 from relugate.passes.analysis.steps import Affine, MaxPoolStep, steps_of
 from relugate.passes.base import CertificateEntry
 from relugate.passes.merge_affine import compose
@@ -221,5 +223,10 @@ def fold(net: Network, progress: Progress, mode: str) -> Network:
 
 
 def step_index(net: Network) -> np.ndarray:
-    """Analysis step of every layer (Reshape layers have no step of their own)."""
-    return np.cumsum([not isinstance(lay, Reshape) for lay in net.layers]) - 1
+    """Analysis step of every layer, its last one (Reshape layers have no step of their
+    own; a MaxTree has several, ``max_tree_steps``)."""
+    counts = [
+        0 if isinstance(lay, Reshape) else step_count(lay) if isinstance(lay, MaxTree) else 1
+        for lay in net.layers
+    ]
+    return np.cumsum(counts) - 1

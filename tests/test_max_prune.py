@@ -248,3 +248,34 @@ def test_malformed_trees_are_refused() -> None:
 def test_identities_are_proved() -> None:
     assert all(max_tree_proof.tree_proof(k).equivalent for k in (2, 3, 5, 9))
     assert max_tree_proof.relu_proof(4).equivalent
+
+
+def test_stable_relu_after_the_tree_reads_the_right_bounds() -> None:
+    """A Dense/ReLU pair after the MaxTree: stable_relu maps layers to analysis steps
+    past the tree's several steps; its removals stay sound on samples."""
+    from relugate.passes.stable_relu import StableRelu
+    from relugate.passes.stable_relu_linear import step_index
+
+    rng = np.random.default_rng(2)
+    base = conv_pool_net(CASES[0], rng)
+    flat = base.shapes()[-2][0]
+    hidden = Dense("h", rng.normal(size=(40, flat)), rng.normal(size=40) * 2)
+    layers = [
+        *base.layers[:-1],
+        hidden,
+        Relu("rh"),
+        Dense("o", rng.normal(size=(2, 40)), np.zeros(2)),
+    ]
+    net = network(base.input.sample_shape, layers)
+    center = rng.random(net.input.size)
+    box = Box(center - 0.05, center + 0.05)
+    pruned = prune(net, box).network
+    steps = steps_of(pruned)
+    index = step_index(pruned)
+    relu_at = [i for i, lay in enumerate(pruned.layers) if lay.name == "rh"][0]
+    assert steps[int(index[relu_at])].layer.name == "rh"
+    result = StableRelu().run(pruned, PassContext(box, {"stability": "crown"}))
+    x = box.sample(5000, rng)
+    a = net.forward(x, np.float32).astype(np.float64)
+    b = result.network.forward(x, np.float32).astype(np.float64)
+    assert mismatch(a, b).max() <= TOLERANCE
