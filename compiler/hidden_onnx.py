@@ -12,6 +12,13 @@ the batch); every consumer of ``h`` reads ``h'`` instead.  Min and Max are exact
 in float32, so ``lo <= h' <= hi`` holds bit for bit.  ``tail_model`` is the part
 after the cut (its input is the cut tensor), ``probe_model`` the core with the
 cut tensor as a second output (to read hidden values in onnxruntime).
+
+Telemetry: the runtime counts a gate firing where the output differs from
+``<out>_ungated`` (``compiler/backends/tvm.prepare`` exposes that tensor).  With
+``ungated`` (the default) the nodes after the cut are copied once more, reading
+the unclamped ``h`` and writing ``<out>_ungated`` (nodes
+``relugate_gate/hidden/ungated/...``, sharing the weights), at the end of the
+graph: the cost of the tail once more (one Gemm for the last hidden layer).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from onnx import helper, numpy_helper
 from relugate.compiler.errors import BadSpec, BundleError
 
 HIDDEN = "relugate_gate/hidden/"
+UNGATED = "_ungated"
+"""Suffix of the ungated output's copy (``gates_onnx.UNGATED_SUFFIX``: the runtime counts
+gate firings by comparing it with the output)."""
 
 
 @dataclass(frozen=True)
@@ -142,10 +152,31 @@ def clamp_constants(
     return lo32, hi32
 
 
+def _ungated_tail(graph: onnx.GraphProto, cut: Cut, clamped: str) -> list[onnx.NodeProto]:
+    """Copies of the nodes after the cut reading the unclamped tensor, writing
+    ``<out>_ungated``."""
+    out = graph.output[0].name
+    rename = {clamped: cut.tensor}
+    copies = []
+    for node in graph.node[cut.node + 1 :]:
+        if node.name.startswith(HIDDEN):
+            continue
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = HIDDEN + "ungated/" + node.name
+        copy.input[:] = [rename.get(i, i) for i in node.input]
+        for o in node.output:
+            rename[o] = out + UNGATED if o == out else HIDDEN + "ungated/" + o
+        copy.output[:] = [rename[o] for o in node.output]
+        copies.append(copy)
+    return copies
+
+
 def append_clamp(
-    model: onnx.ModelProto, cut: Cut, lo: np.ndarray, hi: np.ndarray
+    model: onnx.ModelProto, cut: Cut, lo: np.ndarray, hi: np.ndarray, ungated: bool = True
 ) -> onnx.ModelProto:
-    """A copy of ``model`` whose cut tensor is clamped into ``[lo, hi]``."""
+    """A copy of ``model`` whose cut tensor is clamped into ``[lo, hi]`` (with the ungated
+    output for telemetry, see the module doc)."""
     gated = onnx.ModelProto()
     gated.CopyFrom(model)
     graph = gated.graph
@@ -162,6 +193,8 @@ def append_clamp(
     ]
     for offset, node in enumerate(nodes):
         graph.node.insert(cut.node + 1 + offset, node)
+    if ungated:
+        graph.node.extend(_ungated_tail(graph, cut, clamped))
     onnx.checker.check_model(gated, full_check=True)
     return gated
 
@@ -175,7 +208,8 @@ def strip_clamp(model: onnx.ModelProto) -> onnx.ModelProto:
     if not clamp:
         return core
     source = next((n.input[0] for n in clamp if n.name == HIDDEN + "max"), None)
-    if source is None or len(clamp) != 2:
+    pair = [n for n in clamp if not n.name.startswith(HIDDEN + "ungated/")]
+    if source is None or len(pair) != 2:
         raise BundleError("the model's hidden gate is not a Max/Min pair")
     keep = [n for n in graph.node if not n.name.startswith(HIDDEN)]
     for node in keep:

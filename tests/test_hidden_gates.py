@@ -16,10 +16,11 @@ from test_verify import spec, tiny_net
 
 from relugate.compiler.compile import CompileOptions, compile_model
 from relugate.compiler.errors import BadSpec, ProofFailed
-from relugate.compiler.fidelity import run_any
+from relugate.compiler.fidelity import run_any, symbolic_batch
 from relugate.compiler.frontend import load_model
 from relugate.compiler.gates_onnx import gate_part, strip_gates
 from relugate.compiler.hidden_onnx import (
+    HIDDEN,
     append_clamp,
     clamp_part,
     cuts,
@@ -38,6 +39,7 @@ from relugate.passes.analysis.hidden_proof import prove_tail
 from relugate.passes.analysis.hidden_tighten import tighten
 from relugate.passes.analysis.steps import steps_of
 
+H = HIDDEN
 BAND = "(and (>= Y_0 0.2) (<= Y_0 0.5))"
 """Unsafe: y0 in a band.  Its rows have opposite signs on Y_0 and Y_1 is absent, so no
 output gate exists (``choose_coordinate`` refuses); violated on [-1, 1]^2."""
@@ -61,21 +63,21 @@ def test_golden_clamp_nodes(tmp_path: Path) -> None:
     gated = append_clamp(core, cut, lo, hi)
     nodes, consts = clamp_part(gated)
     relu = core.graph.node[cut.node]
-    assert [(n.op_type, n.name, list(n.input)) for n in nodes] == [
-        ("Max", "relugate_gate/hidden/max", [relu.output[0], "relugate_gate/hidden/lo"]),
-        (
-            "Min",
-            "relugate_gate/hidden/min",
-            ["relugate_gate/hidden/max:out", "relugate_gate/hidden/hi"],
-        ),
+    tail = core.graph.node[-1]  # the output layer: its copy computes the ungated output
+    assert [(n.op_type, n.name, list(n.input), list(n.output)) for n in nodes] == [
+        ("Max", H + "max", [relu.output[0], H + "lo"], [H + "max:out"]),
+        ("Min", H + "min", [H + "max:out", H + "hi"], [H + "min:out"]),
+        ("Gemm", H + "ungated/" + tail.name, [relu.output[0], *tail.input[1:]], ["y_ungated"]),
     ]
-    after = [n for n in gated.graph.node if relu.output[0] in n.input]
-    assert [n.name for n in after] == ["relugate_gate/hidden/max"]  # the only reader
+    assert gated.graph.node[-1].name == H + "ungated/" + tail.name  # last: after the output
+    assert [n.name for n in gated.graph.node if n.output[0] == "y"] == [tail.name]
+    after = [n.name for n in gated.graph.node if relu.output[0] in n.input]
+    assert after == [H + "max", H + "ungated/" + tail.name]  # the clamp and the copy
     order = [n.name for n in gated.graph.node]
     assert order.index("relugate_gate/hidden/min") == order.index(relu.name) + 2
     value = {c.name: onnx.numpy_helper.to_array(c) for c in consts}
-    np.testing.assert_array_equal(value["relugate_gate/hidden/lo"], np.float32([lo]))
-    np.testing.assert_array_equal(value["relugate_gate/hidden/hi"], np.float32([hi]))
+    np.testing.assert_array_equal(value[H + "lo"], np.float32([lo]))
+    np.testing.assert_array_equal(value[H + "hi"], np.float32([hi]))
     assert {c.data_type for c in consts} == {onnx.TensorProto.FLOAT}
     assert gate_part(gated) == ([], [])  # output gates: none
     assert strip_clamp(gated).SerializeToString() == core.SerializeToString()
@@ -95,6 +97,26 @@ def test_clamped_model_matches_numpy(tmp_path: Path) -> None:
     tail_in = TensorSpec(cut.tensor, (1, 3), True)
     tail = run_batch(tail_model(core, cut), tail_in, h)  # the tail alone, on the clamped h
     np.testing.assert_allclose(tail, run_gated(gated, x), rtol=0, atol=1e-6)
+
+
+def test_runtime_counts_hidden_gate_firings(tmp_path: Path) -> None:
+    pytest.importorskip("tvm")
+    from tvm_helpers import make_bundle
+
+    import relugate.runtime as rt
+
+    core = onnx.load(str(tiny_net(tmp_path)))
+    lo, hi = np.float32([0.0, 0.0, 0.0]), np.float32([1.0, 0.5, 0.75])
+    gated = append_clamp(core, find_cut(core, 0), lo.astype(np.float64), hi.astype(np.float64))
+    model = rt.load(make_bundle(tmp_path / "b", model=symbolic_batch(gated)))
+    x = np.random.default_rng(6).uniform(-1, 1, (300, 2)).astype(np.float32)
+    result = model.run_detailed(x)
+    h = np.maximum(x @ np.float32([[1, 1], [1, -1], [1, 0]]).T, 0)
+    clipped = (h > hi).any(axis=1)  # every hidden value reaches the output
+    assert 0 < clipped.sum() < len(x)
+    np.testing.assert_array_equal(result.gate_fired, clipped)
+    np.testing.assert_allclose(result.output, run_gated(gated, x), rtol=0, atol=1e-6)
+    assert model.stats()["gate_fired"] == int(clipped.sum())
 
 
 # --- soundness: the polytope output gates refuse, repaired by a hidden gate -------
@@ -117,7 +139,7 @@ def test_band_repaired_by_hidden_gate_survives_attack(tmp_path: Path) -> None:
     # one box cannot hold both sides of the band: the safest side's samples are kept
     assert fid["unsafe_gated"] == 0 and fid["safe_close"] > 0.01
     gated = onnx.load(str(out / "model.onnx"))
-    assert [n.op_type for n in clamp_part(gated)[0]] == ["Max", "Min"]
+    assert [n.op_type for n in clamp_part(gated)[0]] == ["Max", "Min", "Gemm"]
     case = read_vnnlib(path).cases[0]
     rng = np.random.default_rng(3)
     x = case.box.sample(1_000_000, rng)
