@@ -118,7 +118,10 @@ def test_conv_row_rewrites_maxpool_and_matches(few_samples: None, tmp_path: Path
     row = compression_conv.one_spec(spec, 200, QUIET, model=model, rounds=(3, 2))
     assert row["original"]["maxpools"] == 1 and row["final"]["maxpools"] == 0
     assert row["maxpool_rewritten"]["relus"] > row["original"]["relus"]
-    assert row["final"]["relus"] <= row["maxpool_rewritten"]["relus"]
+    assert row["final"]["relus"] < row["maxpool_rewritten"]["relus"]
+    windows, removed = row["windows"], row["removed"]
+    assert windows["windows"] == 2 * 2 * 2 and windows["one_element"] <= windows["windows"]
+    assert row["dominated_entries"] == removed["interval"] + removed["crown"] > 0
     assert row["check"]["max_rel_diff"] <= 1e-5 and row["check"]["pgd_max_abs_diff"] <= 1e-5
     assert row["latency_batch64"]["rounds"] == 2
     text = "\n".join(compression_conv.markdown([row]))
