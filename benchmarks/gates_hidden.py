@@ -5,9 +5,11 @@ For each violated instance of ``benchmarks/results/verify_*.json`` whose spec ma
 (the hidden layer and region that keep most original-safe samples, proved by
 ``verify_model`` on the tail), ``relugate check`` on the bundle, the attack of
 ``gates_measure`` on the gated model (1,000,000 samples + PGD from 100 starts per
-unsafe polytope) and the latency of the clamp in onnxruntime (gated vs the same
-file with the clamp stripped).  The output gates' fidelity on the same instance,
-from ``gates.json`` (the output-gate benchmark), is shown beside it.
+unsafe polytope) and the latency of the gate in onnxruntime (gated vs the same
+file with the gate stripped; with ``--add-clamp-only`` on a finished run, also the
+clamp without the ungated tail copy that feeds the runtime's firing counts).  The
+output gates' fidelity on the same instance, from ``gates.json`` (the output-gate
+benchmark), is shown beside it.
 
     OPENBLAS_NUM_THREADS=1 nice -n 15 python -m benchmarks.gates_hidden [--specs prop_2 test_prop]
 
@@ -69,6 +71,34 @@ def run_one(model: Path, spec: Path, out: Path, args: argparse.Namespace) -> dic
     }
 
 
+def clamp_only_latency(bundle: Path, rounds: int = 15) -> dict[str, Any]:
+    """Latency of the bundle's clamp without the ungated tail copy (telemetry off)."""
+    import tempfile
+
+    import onnx
+
+    from relugate.compiler.gates_onnx import strip_gates
+    from relugate.compiler.hidden_onnx import append_clamp, find_cut
+
+    cert = json.loads((bundle / "certificate.json").read_text())["hidden_gate"]
+    core = strip_gates(onnx.load(str(bundle / "model.onnx")))
+    lo, hi = (np.array(cert["region"][k], dtype=np.float64) for k in ("lo", "hi"))
+    bare = append_clamp(core, find_cut(core, cert["layer"]), lo, hi, ungated=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(bare, str(path))
+        return latency(path, rounds)
+
+
+def add_clamp_only(path: Path, work: Path) -> None:
+    """Measure ``clamp_only_latency`` for every row of a finished run (in place)."""
+    data = json.loads(path.read_text())
+    for r in data["rows"]:
+        bundle = work / f"{Path(r['network']).stem}-{Path(r['spec']).stem}"
+        r["latency_clamp_only"] = clamp_only_latency(bundle)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
@@ -79,6 +109,12 @@ def _row_md(r: dict[str, Any], output: dict[tuple[str, str], dict[str, Any]]) ->
     proof = ", ".join(f"{p['method']} {p['seconds']:.2f} s" for p in r["tail_proof"] or [])
     wide = lat.get("batch1024")
     wide_cell = f"{wide['ratio']:.3f}" if wide else "-"
+    bare = r.get("latency_clamp_only")
+    bare_cell = (
+        f"{bare['batch1']['ratio']:.3f} / {bare['batch1024']['ratio']:.3f}"
+        if bare and "batch1024" in bare
+        else "-"
+    )
     return (
         f"| {r['network']} | {r['spec']} | {r['verdict']} | {r['layer']} ({r['values']}) | "
         f"{proof} | {_pct(fid['same_argmax'])} / {_pct(fid['same_argmin'])} / "
@@ -89,7 +125,7 @@ def _row_md(r: dict[str, Any], output: dict[tuple[str, str], dict[str, Any]]) ->
         f"{att['samples']:,} + {att['pgd_points']} | "
         f"{att['unsafe_original']}+{att['pgd_unsafe_original']} | "
         f"{att['unsafe_gated'] + att['pgd_unsafe_gated']} | {lat['batch1']['ratio']:.3f} | "
-        f"{wide_cell} |"
+        f"{wide_cell} | {bare_cell} |"
     )
 
 
@@ -98,8 +134,8 @@ HEADER = [
     "(verify_model) | fidelity all: argmax / argmin / close | fidelity original-safe "
     "(samples: argmax / argmin / close) | output gates: original-safe close | attack: "
     "samples + PGD points | unsafe original (samples+PGD) | unsafe gated | latency ratio b1 | "
-    "latency ratio b1024 |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "latency ratio b1024 | clamp only (no telemetry copy): b1 / b1024 |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -149,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="gates_hidden")
     parser.add_argument("--note", help="a remark on the run (e.g. machine load) for the .md")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
+    parser.add_argument(
+        "--add-clamp-only", action="store_true", help="measure the clamp alone on a finished run"
+    )
     args = parser.parse_args(argv)
+    if args.add_clamp_only:
+        add_clamp_only(RESULTS / f"{args.output}.json", Path(args.work))
+        args.render = True
     if args.render:
         data = json.loads((RESULTS / f"{args.output}.json").read_text())
         (RESULTS / f"{args.output}.md").write_text(markdown(data["rows"], data["meta"]))
