@@ -155,6 +155,23 @@ def test_band_repaired_by_hidden_gate_survives_attack(tmp_path: Path) -> None:
     assert says(result.stdout, "hidden gate at layer 0", "1 cases proved again")
 
 
+def test_hidden_gate_keeps_a_holding_property(tmp_path: Path) -> None:
+    band = spec(tmp_path, -1, 1, BAND, name="band.vnnlib")
+    holds = spec(tmp_path, -1, 1, "(>= Y_1 2.5)", name="holds.vnnlib")  # y1 = relu(x0) <= 1
+    out = tmp_path / "out"
+    options = CompileOptions(out_dir=out, gate_timeout=10)
+    report = compile_model(tiny_net(tmp_path), options, specs=[band, holds]).report
+    assert [v["verdict"] for v in report["verdict_original"]] == ["violated", "holds"]
+    proofs = report["hidden_gate"]["tail_proof"]
+    assert [(p["property"], p["verdict"]) for p in proofs] == [(0, "holds"), (1, "holds")]
+    gated = onnx.load(str(out / "model.onnx"))
+    rng = np.random.default_rng(7)
+    for path in (band, holds):
+        case = read_vnnlib(path).cases[0]
+        assert_safe(gated, case, case.box.sample(200_000, rng))
+    assert invoke("check", out).exit_code == 0
+
+
 def test_explicit_layer_on_violated_two_rows(tmp_path: Path) -> None:
     path = spec(tmp_path, -1, 1, "(and (>= Y_0 Y_1) (>= Y_0 0.2))")
     _, out, report = compile_hidden(tmp_path, path, layer="0")
