@@ -289,3 +289,26 @@ def test_stable_relu_after_the_tree_reads_the_right_bounds() -> None:
     a = net.forward(x, np.float32).astype(np.float64)
     b = result.network.forward(x, np.float32).astype(np.float64)
     assert mismatch(a, b).max() <= TOLERANCE
+
+
+# -- public benchmark ----------------------------------------------------------------
+@pytest.mark.benchmarks
+def test_verivital_pruned_matches_onnxruntime(benchmarks) -> None:  # type: ignore[no-untyped-def]
+    from relugate.compiler.frontend import load_model
+    from relugate.compiler.importer import import_network
+    from relugate.compiler.onnx_run import run_batch
+    from relugate.compiler.spec import read_vnnlib
+
+    folder = benchmarks / "verivital"
+    model = folder / "Convnet_maxpool.onnx"
+    net = import_network(load_model(model))
+    spec = sorted((folder / "specs").glob("*.vnnlib"))[0]
+    domain = read_vnnlib(spec).domain()
+    result = prune(net, domain)
+    pruned = result.network
+    assert pruned.stats()["maxpools"] == 0 and pruned.relu_count() < net.relu_count() / 10
+    assert pruned.relu_count() == onnx_relu_elements(pruned)
+    x = np.concatenate([domain.sample(2000, np.random.default_rng(8)), domain.corners_and_center()])
+    ref = run_batch(str(model), net.input, x).astype(np.float64)
+    ours = run_network(pruned, x).astype(np.float64)
+    assert mismatch(ref, ours).max() <= TOLERANCE and np.abs(ref - ours).max() <= TOLERANCE
