@@ -13,6 +13,7 @@ from relugate.compiler.network import Network
 from relugate.compiler.spec import Polytope
 from relugate.passes.analysis.attack import sample_unsafe
 from relugate.passes.analysis.margin_attack import (
+    CONFIRMS_PER_STEP,
     AttackConfig,
     Targets,
     inner_box,
@@ -83,11 +84,12 @@ def test_nothing_is_returned_unless_confirmed() -> None:
         calls.append(index)
         return False
 
-    config = AttackConfig(restarts=2, steps=3, max_rounds=1)
+    config = AttackConfig(restarts=8, steps=3, max_rounds=1)
     result = margin_attack(
         net, box, [poly], reject, np.random.default_rng(0), time.monotonic() + 30, config
     )
     assert result.x is None and calls and result.best_margin < 0
+    assert len(calls) <= CONFIRMS_PER_STEP * (config.steps + 1) < 8 * (config.steps + 1)
 
 
 def test_the_hit_names_the_reachable_polytope(sliver: tuple[Network, float]) -> None:
