@@ -22,6 +22,7 @@ from onnx.reference import ReferenceEvaluator
 from relugate.compiler.errors import ModelError, UnsupportedModel
 from relugate.compiler.frontend import LoadedModel, graph_inputs, onnx_opset
 from relugate.compiler.layers import Layer, Reshape, Shape
+from relugate.compiler.max_tree_onnx import collapse_max_trees
 from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_ops import CONVERTERS, SHAPE_OPS
 
@@ -64,6 +65,7 @@ def import_network(loaded: LoadedModel) -> Network:
     graph = gs.import_onnx(loaded.model)
     graph.toposort()
     _name_nodes(graph)
+    collapse_max_trees(graph)  # relugate's own MaxTree subgraphs, back into one node
     const_names = _constant_tensors(graph)
     _refuse_unsupported(graph, const_names)
     tracer = _start(loaded, graph)

@@ -74,3 +74,58 @@ def emit_max_tree(graph: gs.Graph, layer: Layer, h: gs.Variable) -> gs.Variable:
     y = _op(graph, "Transpose", f"{name}/samples", [y], perm=[1, 0])
     shape = _ints(f"{name}/shape", np.array([0, *layer.out]))
     return _op(graph, "Reshape", name, [y, shape])
+
+
+# --- reading it back (importer) ------------------------------------------------------
+
+
+def _const_of(node: gs.Node, index: int) -> np.ndarray:
+    tensor = node.inputs[index]
+    assert isinstance(tensor, gs.Constant), f"{node.name}: input {index} is not a constant"
+    return np.asarray(tensor.values)
+
+
+def collapse_max_trees(graph: gs.Graph) -> None:
+    """Replace each subgraph ``emit_max_tree`` wrote (nodes ``NAME/...`` and the Reshape
+    ``NAME``) by one ``MaxTree`` node carrying its index arrays, for the importer."""
+    by_name = {node.name: node for node in graph.nodes}
+    for name, flatten in list(by_name.items()):
+        if not name.endswith("/flatten") or flatten.op != "Flatten":
+            continue
+        root = name[: -len("/flatten")]
+        reshape = by_name.get(root)
+        if reshape is None or reshape.op != "Reshape" or f"{root}/gather" not in by_name:
+            continue
+        attrs: dict[str, object] = {
+            "src": _const_of(by_name[f"{root}/expand"], 0).reshape(-1).tolist(),
+            "zero": int(f"{root}/zero" in by_name),
+            "pick": _const_of(by_name[f"{root}/pick"], 1).tolist(),
+            "out": _const_of(reshape, 1)[1:].tolist(),
+        }
+        level = 0
+        while f"{root}/l{level}/a" in by_name:
+            attrs[f"a{level}"] = _const_of(by_name[f"{root}/l{level}/a"], 1).tolist()
+            attrs[f"b{level}"] = _const_of(by_name[f"{root}/l{level}/b"], 1).tolist()
+            level += 1
+        attrs["levels"] = level
+        body = [n for n in graph.nodes if n.name.startswith(f"{root}/")]
+        node = gs.Node("MaxTree", root, attrs, [flatten.inputs[0]], [reshape.outputs[0]])
+        for n in [*body, reshape]:
+            n.outputs.clear()
+            n.inputs.clear()
+        graph.nodes.append(node)
+    graph.cleanup().toposort()
+
+
+def max_tree_from_node(node: gs.Node, n_in: int) -> MaxTree:
+    """The ``MaxTree`` of a node ``collapse_max_trees`` made, on ``n_in`` input values."""
+    a = node.attrs
+    src = [*a["src"], *([n_in] if a["zero"] else [])]
+    pairs = tuple(
+        (np.array(a[f"a{i}"], dtype=np.int64), np.array(a[f"b{i}"], dtype=np.int64))
+        for i in range(int(a["levels"]))
+    )
+    out = tuple(int(v) for v in a["out"])
+    return MaxTree(
+        node.name, n_in=n_in, out=out, src=np.array(src), pairs=pairs, pick=np.array(a["pick"])
+    )

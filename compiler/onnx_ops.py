@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from relugate.compiler.errors import UnsupportedModel
 from relugate.compiler.layers import Conv, Dense, MaxPool, Relu, Reshape, Scale, Shape, Transpose
+from relugate.compiler.max_tree_onnx import max_tree_from_node
 
 if TYPE_CHECKING:
     from relugate.compiler.importer import Tracer
@@ -329,7 +330,12 @@ def _size_value(full: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
     return np.array(prod(int(v) for v in full), dtype=np.int64)
 
 
+def _max_tree(node: gs.Node, t: Tracer) -> None:
+    t.emit(max_tree_from_node(node, prod(t.sample)))
+
+
 CONVERTERS: dict[str, Converter] = {
+    "MaxTree": _max_tree,  # relugate's own, from importer.collapse_max_trees
     "Add": _binary,
     "Sub": _binary,
     "Mul": _binary,

@@ -210,6 +210,28 @@ def test_tree_gradient_matches_finite_differences() -> None:
     assert np.allclose(grad.reshape(-1), fd, atol=1e-6)
 
 
+def test_exported_tree_imports_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The compile path re-imports its output (verification, gates): the exported
+    subgraph becomes the same MaxTree again."""
+    import onnx
+
+    from relugate.compiler.frontend import load_model
+    from relugate.compiler.importer import import_network
+
+    rng = np.random.default_rng(4)
+    for net, box in [golden_net(), (conv_pool_net(CASES[1], rng), None)]:
+        if box is None:
+            center = rng.random(net.input.size)
+            box = Box(center - 0.1, center + 0.1)
+        new = prune(net, box).network
+        onnx.save(to_onnx(new), tmp_path / "m.onnx")
+        back = import_network(load_model(tmp_path / "m.onnx"))
+        assert [lay.kind for lay in back.layers] == [lay.kind for lay in new.layers]
+        assert back.relu_count() == new.relu_count()
+        x = rng.normal(size=(50, net.input.size))  # the same function everywhere
+        assert np.array_equal(back.forward(x), new.forward(x))
+
+
 # -- negative ---------------------------------------------------------------------------
 def test_no_domain_no_pruning() -> None:
     net, _ = golden_net()
