@@ -109,12 +109,12 @@ def prune_pool(
     pool = net.layers[i]
     assert isinstance(pool, MaxPool)
     start = time.perf_counter()
-    absorb = i > 0 and isinstance(net.layers[i - 1], Relu) and out and out[-1] is net.layers[i - 1]
+    absorb = bool(out) and isinstance(net.layers[i - 1], Relu) and out[-1] is net.layers[i - 1]
     end = i - 1 if absorb else i
     method = "interval" if ctx.options.get("stability") == "interval" else "crown"
     steps, bounds = _input_bounds(net, end, ctx, method)
     in_shape = net.shapes()[i]
-    wins = window_elements(pool, in_shape, bool(absorb))
+    wins = window_elements(pool, in_shape, absorb)
     kept, removals = prune_windows(wins, steps, bounds, method != "interval")
     sizes = sorted({len(k) for k in kept} | ({wins.shape[1]} if absorb else set()))
     proofs = [max_tree_proof.tree_proof(k) for k in sizes if k > 1]
