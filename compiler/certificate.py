@@ -109,6 +109,7 @@ def build_certificate(
         ],
         "gates": [gate.to_json() for gate in result.gates],
         "hidden_gate": None if result.hidden is None else result.hidden.to_json(),
+        "gate_placement": result.placement,
         "proof": {
             "method": "z3 over the reals: every case of every property, all gates in order, "
             "outputs in the case's CROWN range, threshold rounding |e| <= eps",
@@ -170,6 +171,7 @@ def gate_model(
         ],
         "gates": [gate.to_json() for gate in result.gates],
         "hidden_gate": None if result.hidden is None else result.hidden.to_json(),
+        "gate_placement": result.placement,
         "gate_proof": {
             "cases": [proof.to_json() for proof in result.proofs],
             "seconds": result.seconds,

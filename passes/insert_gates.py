@@ -14,13 +14,14 @@ all gates is then proved with z3 on every case of every property
 (``gate_proof``); a case that cannot be proved fails the compile.
 
 Where the gate goes (``gate_layer``): ``output`` as above; ``N`` a clamp of hidden
-layer ``N`` (``insert_hidden``); ``hidden`` the hidden layer whose proved region
-keeps most original-safe samples; ``auto`` (the default) output gates, and a hidden
-gate when no output gate can be built or proved for some polytope (e.g. rows of
-mixed signs).  Output gates come first because they measured better: on the 7
-ACAS Xu prop 2 instances they keep 100% of the original-safe samples, the best
-hidden box 40-99.9% (``benchmarks/results/gates_hidden.md``), and their latency
-overhead is lower (onnxruntime, batch 1024, median 1.08 against 1.15-1.55).
+layer ``N`` (``insert_hidden``; no proof, no bundle); ``hidden`` the hidden layer
+whose proved region keeps most original-safe samples, output gates where none
+proves; ``auto`` (the default) output gates, and a hidden gate when no output
+gate can be built or proved for some polytope (e.g. rows of mixed signs).  Output
+gates come first because they measured better: on the 7 ACAS Xu prop 2 instances
+they keep 100% of the original-safe samples, the best hidden box 40-99.9%
+(``benchmarks/results/gates_hidden.md``), and their latency overhead is lower
+(onnxruntime, batch 1024, median 1.08 against 1.15-1.55).
 
 This step works on ONNX files rather than on the ``Network`` chain because the
 gates sit after the network's output or inside it (``compiler/gates_onnx``,
@@ -86,6 +87,7 @@ class GateResult:
     proofs: list[CaseProof]
     seconds: dict[str, float] = field(default_factory=dict)
     hidden: HiddenGate | None = None
+    placement: dict[str, Any] = field(default_factory=dict)  # gate_layer asked, used, fallback
 
     @property
     def gated(self) -> list[bool]:
@@ -222,6 +224,10 @@ def _output_gates(
     return gates, prove_all(props, gated, ranges, gates)
 
 
+Placed = tuple[list[GateSpec], list[CaseProof], HiddenGate | None, str | None]
+"""Output gates and their proofs, or a hidden gate; and why the first choice fell back."""
+
+
 def _place(
     layer: str | int,
     core_path: Path,
@@ -231,23 +237,29 @@ def _place(
     ranges: list[list[Range]],
     domain: Box | None,
     timeout: float,
-) -> tuple[list[GateSpec], list[CaseProof], HiddenGate | None]:
+) -> Placed:
     """Output gates or one hidden gate, as ``layer`` says (see the module doc)."""
     from relugate.passes.insert_hidden import design_hidden  # imports this module
 
+    def output() -> Placed:
+        return (*_output_gates(props, gated, ranges, domain), None, None)
+
+    def hidden(wanted: int | None = None) -> Placed:
+        return [], [], design_hidden(core_path, core, props, wanted, timeout), None
+
     if layer == "output" or not any(gated):
-        return (*_output_gates(props, gated, ranges, domain), None)
-    if layer == "auto":
+        return output()
+    if isinstance(layer, int):
+        return hidden(layer)
+    first, second = (output, hidden) if layer == "auto" else (hidden, output)
+    try:
+        return first()
+    except ProofFailed as refused:
         try:
-            return (*_output_gates(props, gated, ranges, domain), None)
-        except ProofFailed as refused:
-            try:
-                hidden = design_hidden(core_path, core, props, None, timeout)
-            except ProofFailed as exc:
-                raise ProofFailed(f"{refused}; and {exc}") from exc
-            return [], [], hidden
-    wanted = None if layer == "hidden" else int(layer)
-    return [], [], design_hidden(core_path, core, props, wanted, timeout)
+            placed = second()
+        except ProofFailed as exc:
+            raise ProofFailed(f"{refused}; and {exc}") from exc
+        return (*placed[:3], str(refused))
 
 
 def insert_gates(
@@ -273,9 +285,14 @@ def insert_gates(
         seconds["ranges"] = time.perf_counter() - start
         gated = [v.gated for v in verdicts]
         start = time.perf_counter()
-        gates, proofs, hidden = _place(
+        gates, proofs, hidden, fallback = _place(
             layer, core_path, core, props, gated, ranges, domain, timeout
         )
         seconds["proof"] = time.perf_counter() - start
     rounded = {k: round(v, 4) for k, v in seconds.items()}
-    return GateResult(verdicts, ranges, gates, proofs, rounded, hidden)
+    placement: dict[str, Any] = {
+        "requested": layer,
+        "used": "output" if hidden is None else "hidden",
+        "fallback_from": fallback,  # why the first choice was not used (or None)
+    }
+    return GateResult(verdicts, ranges, gates, proofs, rounded, hidden, placement)

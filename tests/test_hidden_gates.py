@@ -134,6 +134,8 @@ def test_band_repaired_by_hidden_gate_survives_attack(tmp_path: Path) -> None:
     assert report["verdict_original"][0]["verdict"] == "violated"
     assert report["gates"] == []
     hidden = report["hidden_gate"]
+    assert report["gate_placement"]["used"] == "hidden"
+    assert "no output gate for" in report["gate_placement"]["fallback_from"]
     assert hidden["layer"] == 0 and [p["verdict"] for p in hidden["tail_proof"]] == ["holds"]
     fid = report["fidelity"][0]
     # one box cannot hold both sides of the band: the safest side's samples are kept
@@ -302,3 +304,20 @@ def test_tighten_shrinks_the_side_the_bound_needs() -> None:
     assert lo[0] > hi[1]  # min over the box of h0 - h1 > 0: proved
     kept = np.all((h >= lo) & (h <= hi), axis=1).mean()
     assert 0.3 < kept < 0.6  # a box in the triangle holds at most half of it (sampled)
+
+
+def test_hidden_falls_back_to_output_gates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import relugate.passes.insert_hidden as insert_hidden
+
+    def refuse(*_: object) -> None:
+        raise ProofFailed("no hidden gate at any of 1 layers (forced)")
+
+    monkeypatch.setattr(insert_hidden, "design_hidden", refuse)
+    path = spec(tmp_path, -1, 1, "(and (>= Y_0 Y_1) (>= Y_0 0.2))")
+    report = compile_hidden(tmp_path, path, layer="hidden")[2]
+    assert report["hidden_gate"] is None and len(report["gates"]) == 1
+    placement = report["gate_placement"]
+    assert placement["used"] == "output" and "forced" in placement["fallback_from"]
+    (tmp_path / "band").mkdir()
+    with pytest.raises(ProofFailed, match=r"no output gate for .*; and no hidden gate"):
+        compile_hidden(tmp_path / "band", spec(tmp_path, -1, 1, BAND))  # auto: both refuse
