@@ -71,11 +71,16 @@ def build_tree(
     )
 
 
-def _input_bounds(net: Network, end: int, ctx: PassContext, method: str) -> tuple[Any, Any]:
-    """Analysis steps of layers ``[:end]`` and their bounds on the domain."""
+def _input_bounds(
+    net: Network, layers: list[Layer], ctx: PassContext, method: str
+) -> tuple[Any, Any]:
+    """Analysis steps of ``layers`` (the network as rewritten so far, up to the pool's
+    input: its float32 values are what the pool will read) and their bounds."""
     assert ctx.domain is not None
-    shape = net.shapes()[end]
-    prefix = Network(net.input, TensorSpec("prefix", (1, *shape), True), net.layers[:end])
+    shape = net.input.sample_shape
+    for layer in layers:
+        shape = layer.out_shape(shape)
+    prefix = Network(net.input, TensorSpec("prefix", (1, *shape), True), tuple(layers))
     steps = steps_of(prefix)
     analysis = interval_bounds if method == "interval" else crown_bounds
     return steps, analysis(steps, ctx.domain.lo, ctx.domain.hi)
@@ -112,7 +117,7 @@ def prune_pool(
     absorb = bool(out) and isinstance(net.layers[i - 1], Relu) and out[-1] is net.layers[i - 1]
     end = i - 1 if absorb else i
     method = "interval" if ctx.options.get("stability") == "interval" else "crown"
-    steps, bounds = _input_bounds(net, end, ctx, method)
+    steps, bounds = _input_bounds(net, out[:-1] if absorb else out, ctx, method)
     in_shape = net.shapes()[i]
     wins = window_elements(pool, in_shape, absorb)
     kept, removals = prune_windows(wins, steps, bounds, method != "interval")

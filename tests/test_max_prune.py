@@ -181,6 +181,38 @@ def test_dense_sampling_never_differs() -> None:
             assert np.all(np.asarray(big) - small >= 0)
 
 
+def test_stacked_pools_claims_hold_for_the_rewritten_values() -> None:
+    """The second pool reads the first one's MaxTree: its claims are proved on the
+    network as rewritten so far, and hold on its float32 values."""
+    rng = np.random.default_rng(0)
+    conv = Conv(
+        "c",
+        rng.normal(size=(3, 1, 2, 2)),
+        rng.normal(size=3) * 0.1,
+        (1, 1),
+        (0, 0, 0, 0),
+        (1, 1),
+        1,
+    )
+    first = MaxPool("p1", (2, 2), (1, 1), (0, 0, 0, 0), (1, 1))
+    second = MaxPool("p2", (3, 3), (3, 3), (1, 1, 1, 1), (1, 1))
+    net = network((1, 9, 9), [conv, Relu("r"), first, second])
+    center = rng.random(81)
+    box = Box(center - 0.05, center + 0.05)
+    result = prune(net, box)
+    new = result.network
+    assert [lay.kind for lay in new.layers] == ["conv", "maxtree", "maxtree"]
+    x = np.concatenate([box.sample(20_000, rng), box.corners_and_center()])
+    assert mismatch(run_network(net, x), run_network(new, x)).max() <= TOLERANCE
+    h = new.layers[1].forward(new.layers[0].forward(x.reshape(-1, 1, 9, 9).astype(np.float32)))
+    h = h.reshape(len(x), -1).astype(np.float64)
+    claims = [e.where for e in result.certificate if e.claim == "dominated"]
+    second_claims = [w for w in claims if w["layer"] == "p2"]
+    assert second_claims
+    for w in second_claims:
+        assert np.all(h[:, w["by"]] >= h[:, w["element"]])
+
+
 def test_lowering_is_the_tree_everywhere_and_bounds_enclose() -> None:
     rng = np.random.default_rng(5)
     for case in CASES:
