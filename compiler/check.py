@@ -177,7 +177,7 @@ def check_bundle(bundle: Path, timeout: float | None = None, say: Say = print) -
         say("output ranges: CROWN on the ungated core lies inside the certificate's")
         gates = _check_gates(cert, props, ranges)
         _check_nodes(model, core, gates)
-        say(f"{len(gates)} gates re-derived; the ONNX gate subgraph matches them")
+        say(f"{len(gates)} output gates re-derived; the ONNX gate subgraph matches them")
         budget = timeout or float(cert["verify_timeout"])
         hidden = check_hidden(cert, model, core, core_path, props, budget, say)
         proofs = [] if hidden else prove_all(props, _gated(cert), ranges, gates)
