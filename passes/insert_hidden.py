@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from relugate.compiler.domain import Box
 from relugate.compiler.errors import ProofFailed
 from relugate.compiler.fidelity import symbolic_batch
 from relugate.compiler.frontend import load_model
@@ -67,8 +68,6 @@ def relu_step(steps: Sequence[Step], core: onnx.ModelProto, cut: Cut) -> int:
 
 def cut_range(steps: Sequence[Step], k: int, lo: np.ndarray, hi: np.ndarray) -> Range:
     """Hull of CROWN bounds on the output of ReLU step ``k`` over a grid of the box."""
-    from relugate.compiler.domain import Box
-
     box = Box(lo, hi)
     g_lo, g_hi = grid(box, SPLIT_PIECES if box.dim <= SPLIT_MAX_DIM else 1)
     h_lo, h_hi = [], []
@@ -94,7 +93,8 @@ def reach_boxes(
     return out
 
 
-def _runner(model: onnx.ModelProto, outputs: list[str]):  # type: ignore[no-untyped-def]
+def _runner(model: onnx.ModelProto, outputs: list[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """Run ``model`` on batches (at once where its batch axis allows), these outputs."""
     first = model.graph.input[0].type.tensor_type.shape.dim[0]
     batched = model if first.HasField("dim_param") else symbolic_batch(model)
     sess = session(batched if batched is not None else model)
