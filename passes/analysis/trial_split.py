@@ -11,7 +11,10 @@ Xu (k = 3 of 5 inputs), 1_4 prop_1 closes after a few hundred bounded boxes,
 where bisecting the most influential input had not after 16,000.
 
 Rows are scored with CROWN plus, on multi-row polytopes, one mixed row
-(``row_mix``); optimized slopes then try the kept halves CROWN left open.
+(``row_mix``); optimized slopes then try the kept halves CROWN left open,
+and, on small boxes when the caller asks, intermediate bounds tightened by
+optimized slopes (``layer_alpha``: what closes ACAS Xu prop 2's boxes where
+the last hidden layer is dead but CROWN cannot show it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from relugate.compiler.spec import Polytope
 from relugate.passes.analysis.alpha import optimized_spec_bounds
 from relugate.passes.analysis.bounds import Bounds
 from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
+from relugate.passes.analysis.layer_alpha import ITERATIONS as LAYER_ITERATIONS
+from relugate.passes.analysis.layer_alpha import tighten_layers
 from relugate.passes.analysis.row_mix import mixed_slack_tolerance, mixing_weights
 from relugate.passes.analysis.steps import Step
 
@@ -57,13 +62,17 @@ def score_boxes(
     hi: np.ndarray,
     poly: Polytope,
     alpha_iterations: int = 8,
+    layer_iterations: int = 0,
 ) -> Scores:
-    """CROWN on every box, optimized slopes on the boxes it leaves open."""
+    """CROWN on every box, optimized slopes on the boxes it leaves open, then, when
+    ``layer_iterations`` > 0, tightened intermediate bounds (``layer_alpha``) on
+    the boxes still open."""
     parts = []
     for i in range(0, len(lo), CHUNK):
         bounds = crown_bounds(steps, lo[i : i + CHUNK], hi[i : i + CHUNK])
         scores = _crown_scores(steps, bounds, poly)
         _optimize(steps, bounds, poly, scores, ~scores.proved, alpha_iterations)
+        _deepen(steps, bounds, poly, scores, ~scores.proved, layer_iterations, alpha_iterations)
         parts.append(scores)
     return _joined(parts)
 
@@ -132,6 +141,27 @@ def _optimize(
     scores.proved[which] = scores.slack[which] > 0
 
 
+def _deepen(
+    steps: Sequence[Step],
+    bounds: Bounds,
+    poly: Polytope,
+    scores: Scores,
+    which: np.ndarray,
+    iterations: int,
+    alpha_iterations: int,
+) -> None:
+    """On the boxes ``which`` (a mask), intermediate bounds tightened by optimized
+    slopes (``layer_alpha``), then the rows, the mixed row and optimized spec
+    slopes again on them: slack and proved flag improve in place."""
+    if not iterations or not which.any():
+        return
+    tight = tighten_layers(steps, bounds.select(which), iterations)
+    again = _crown_scores(steps, tight, poly)
+    _optimize(steps, tight, poly, again, ~again.proved, alpha_iterations)
+    scores.slack[which] = np.maximum(scores.slack[which], again.slack)
+    scores.proved[which] = scores.slack[which] > 0
+
+
 def candidate_dims(lo: np.ndarray, hi: np.ndarray, coeffs: np.ndarray, k: int) -> np.ndarray:
     """Per box, the ``k`` inputs with the largest ``|CROWN coefficient| x width``
     (``bab.split``'s rule), most influential first: (B, k)."""
@@ -171,6 +201,13 @@ def best_dimension(
     return np.asarray(np.where(stuck, widths.argmax(axis=1), total.argmax(axis=1)))
 
 
+def depth(lo: np.ndarray, hi: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Per box, how many halvings of the root box (``scale`` (d,): its widths) it is
+    (inputs of width zero count none)."""
+    rel = np.where(hi > lo, (hi - lo) / scale, 1.0)
+    return np.asarray(-np.log2(rel).sum(axis=1))
+
+
 def starved(lo: np.ndarray, hi: np.ndarray, dim: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Boxes where ``dim`` is already ``MAX_ASPECT`` times narrower (relative to
     the root box widths ``scale``) than their widest input."""
@@ -187,13 +224,16 @@ def trial_split(
     parent: np.ndarray,
     scale: np.ndarray,
     alpha_iterations: int = 8,
+    deepen_from: float = np.inf,
 ) -> tuple[np.ndarray, np.ndarray, Scores]:
     """The two children of every box along its best candidate input (``dims``, (B, k)),
     with their scores: all left children first, then all right ones (as
     ``bab.bisect``).  The choice follows plain CROWN; optimized slopes then try the
     kept children it left open.  ``parent``: the boxes' own slacks, ``scale`` (d,)
     the root box's widths (see ``best_dimension``); where the choice would make a
-    box too thin (``starved``), its widest input is cut instead."""
+    box too thin (``starved``), its widest input is cut instead.  Kept children
+    at least ``deepen_from`` halvings deep (``depth``) that are still open get
+    tightened intermediate bounds (``layer_alpha``) and are scored again."""
     B, k = dims.shape
     child_lo, child_hi = halves(lo, hi, dims)
     bounds = [
@@ -210,15 +250,19 @@ def trial_split(
     keep = np.concatenate([pick, B * k + pick])
     kept = np.zeros(len(child_lo), dtype=bool)
     kept[keep[np.tile(~stuck, 2)]] = True
+    deep = depth(child_lo, child_hi, scale) >= deepen_from
     for i, b in enumerate(bounds):
         part = slice(i * CHUNK, i * CHUNK + b.boxes)
         chunk = scores.take(part)  # views: optimized in place
         _optimize(steps, b, poly, chunk, kept[part] & ~chunk.proved, alpha_iterations)
+        which = kept[part] & ~chunk.proved & deep[part]
+        _deepen(steps, b, poly, chunk, which, LAYER_ITERATIONS, alpha_iterations)
     out_lo, out_hi, out = child_lo[keep], child_hi[keep], scores.take(keep)
     if stuck.any():
         widest = ((hi[stuck] - lo[stuck]) / scale).argmax(axis=1)
         w_lo, w_hi = halves(lo[stuck], hi[stuck], widest[:, None])
-        w_scores = score_boxes(steps, w_lo, w_hi, poly, alpha_iterations)
+        deepen = LAYER_ITERATIONS if depth(w_lo, w_hi, scale).max() >= deepen_from else 0
+        w_scores = score_boxes(steps, w_lo, w_hi, poly, alpha_iterations, deepen)
         rows = np.tile(stuck, 2)
         out_lo[rows], out_hi[rows] = w_lo, w_hi
         for name in ("proved", "slack", "coeffs", "lam"):
