@@ -8,8 +8,10 @@ of sampled inputs (onnxruntime on the core, the cut as a second output), then
 two candidate regions: the largest provable region of ``hidden_gate``'s family
 (each attempt a ``verify_model`` run on the tail per case, ``hidden_proof``) and the
 hull of the safe samples tightened per coordinate by the tail's CROWN bounds
-(``hidden_tighten``).  The one keeping more safe samples is proved again with the
-full timeout per case (the other one if that fails), and that run is its proof.
+(``hidden_tighten``).  The one keeping more safe samples (the other one if it
+fails), widened toward ``R`` on the sides no search moved in (``widen_region``:
+inputs beyond the design samples keep their values too), is proved again with
+the full timeout per case, and that run is its proof.
 Among the cuts that prove, the one keeping most original-safe samples inside
 its region wins (ties: the later layer).
 """
@@ -41,6 +43,7 @@ from relugate.passes.analysis.hidden_gate import (
     Samples,
     design_region,
     float32_region,
+    widen_region,
 )
 from relugate.passes.analysis.hidden_proof import Range, clip_box, prove_tail
 from relugate.passes.analysis.hidden_tighten import tighten
@@ -170,7 +173,8 @@ def _gate_at(
             (tightened, {"method": "tighten", "safe_inside": samples.inside(tightened)})
         )
     candidates.sort(key=lambda c: -1.0 if c[1]["safe_inside"] is None else c[1]["safe_inside"])
-    for region, info in reversed(candidates):  # the most safe samples inside first
+    for found_region, info in reversed(candidates):  # the most safe samples inside first
+        region, info["widened"] = widen_region(found_region, samples, (lo, hi), provable)
         boxes = [[clip_box(r, *region) for r in per] for per in reach]
         proofs = prove_tail(tail, boxes, props, timeout, stop_early=False)
         if all(p.proved for p in proofs):

@@ -34,7 +34,7 @@ from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_run import run_batch
 from relugate.compiler.spec import Polytope, read_vnnlib
 from relugate.compiler.verify import float32_inside
-from relugate.passes.analysis.hidden_gate import Samples, design_region
+from relugate.passes.analysis.hidden_gate import Samples, design_region, widen_region
 from relugate.passes.analysis.hidden_proof import prove_tail
 from relugate.passes.analysis.hidden_tighten import tighten
 from relugate.passes.analysis.steps import steps_of
@@ -321,3 +321,16 @@ def test_hidden_falls_back_to_output_gates(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "band").mkdir()
     with pytest.raises(ProofFailed, match=r"no output gate for .*; and no hidden gate"):
         compile_hidden(tmp_path / "band", spec(tmp_path, -1, 1, BAND))  # auto: both refuse
+
+
+def test_widen_moves_free_sides_toward_reach() -> None:
+    rng = np.random.default_rng(0)
+    h = rng.random((300, 2))
+    samples = Samples(h, np.ones(300, dtype=bool))
+    hull = (h.min(axis=0), h.max(axis=0))
+    tight = (hull[0], np.array([hull[1][0], 0.5]))  # hi[1] was moved in: it stays
+    (lo, hi), t = widen_region(
+        tight, samples, (np.full(2, -1.0), np.full(2, 2.0)), lambda r: bool(r[1][0] < 1.5)
+    )
+    assert 0.45 < t <= 0.5 and hi[0] < 1.5 and hi[1] == np.float32(0.5)
+    assert np.all(lo < hull[0]) and hi[0] > hull[1][0]

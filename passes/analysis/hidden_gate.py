@@ -35,6 +35,8 @@ import numpy as np
 from relugate.passes.analysis.hidden_proof import Range, TailProof, clip_box
 from relugate.passes.analysis.steps import float32_box
 
+WIDEN_STEPS = 5
+"""Bisection steps of ``widen_region``."""
 BISECTIONS = 11
 """Bisection steps on ``u`` after its end points."""
 ANCHOR_POINTS = 4096
@@ -201,3 +203,32 @@ def design_region(
         "safe_inside": samples.inside(region),
     }
     return region, info
+
+
+def widen_region(
+    region: Range, samples: Samples, hull: Range, provable: Provable
+) -> tuple[Range, float]:
+    """``region`` with the sides that hold every safe sample (those no search moved in)
+    pushed toward ``hull`` by the largest provable fraction ``t`` (bisection): inputs
+    beyond the design samples then keep their hidden values too.  Returns the region
+    and ``t``."""
+    s = samples.hidden[samples.safe]
+    lo, hi = region
+    free_lo = lo <= s.min(axis=0) if len(s) else np.zeros(lo.size, dtype=bool)
+    free_hi = hi >= s.max(axis=0) if len(s) else np.zeros(hi.size, dtype=bool)
+    if not (free_lo.any() or free_hi.any()):
+        return region, 0.0
+
+    def at(t: float) -> Range:
+        return float32_region(
+            np.where(free_lo, lo + t * (np.minimum(hull[0], lo) - lo), lo),
+            np.where(free_hi, hi + t * (np.maximum(hull[1], hi) - hi), hi),
+        )
+
+    if provable(at(1.0)):
+        return at(1.0), 1.0
+    good, bad = 0.0, 1.0
+    for _ in range(WIDEN_STEPS):
+        mid = 0.5 * (good + bad)
+        good, bad = (mid, bad) if provable(at(mid)) else (good, mid)
+    return (at(good) if good > 0 else region), good
