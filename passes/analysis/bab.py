@@ -34,10 +34,12 @@ from relugate.passes.analysis.attack import unsafe_margin
 from relugate.passes.analysis.bounds import Bounds
 from relugate.passes.analysis.box_attack import descend_in_boxes
 from relugate.passes.analysis.crown import crown_bounds, spec_lower_bounds
+from relugate.passes.analysis.leaf_split import close_leaves, prober
 from relugate.passes.analysis.steps import Step
 from relugate.passes.analysis.trial_split import (  # bisect lives beside halves()
     bisect,
     candidate_dims,
+    depth,
     score_boxes,
     trial_split,
 )
@@ -138,10 +140,35 @@ def input_split(
         lo, hi, co, sl = lo[still], hi[still], scores.coeffs[still], scores.slack[still]
         if len(lo):
             witness = _probe(net, lo, hi, co, poly, confirm)
+            if witness is None and np.isfinite(deepen):
+                keep, witness = _leaves(net, steps, lo, hi, poly, confirm, scale, deadline)
+                lo, hi, co, sl = lo[keep], hi[keep], co[keep], sl[keep]
             lo_q, hi_q = np.concatenate([lo_q, lo]), np.concatenate([hi_q, hi])
             co_q, sl_q = np.concatenate([co_q, co]), np.concatenate([sl_q, sl])
     status = "holds" if witness is None else "violated"
     return SearchResult(status, witness, processed, time.monotonic() - started)
+
+
+def _leaves(
+    net: Network,
+    steps: Sequence[Step],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    poly: Polytope,
+    confirm: Confirm,
+    scale: np.ndarray,
+    deadline: float,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """ReLU splitting (``leaf_split``) on the open boxes ``DEEPEN_FROM`` halvings deep or
+    more: which boxes stay open, and a counterexample if one was found."""
+    keep = np.ones(len(lo), dtype=bool)
+    deep = np.flatnonzero(depth(lo, hi, scale) >= DEEPEN_FROM)
+    if not deep.size:
+        return keep, None
+    probe = prober(net, poly, confirm)
+    result = close_leaves(steps, lo[deep], hi[deep], poly, probe, deadline)
+    keep[deep[result.closed]] = False
+    return keep, result.witness
 
 
 def _probe(
