@@ -32,7 +32,7 @@ class Executor:
     ``packed``: the library returns one tensor holding two outputs one after the
     other on its leading axis (a gated model: the output, then the ungated one);
     ``run_all`` splits it into two views.  ``counts``: two more rows follow, the
-    library's gate-firing counts for this call (``backends.tvm._count_nodes``),
+    library's count of inputs no gate changed (``backends.tvm._count_nodes``),
     returned as a third view; batches run in chunks (a fixed batch size) return
     no counts, since the padding rows would be counted.
     """

@@ -61,9 +61,9 @@ def test_gated_model_exposes_ungated_output() -> None:
     y, ungated, counts = lowered.load().run_all(x)
     assert_close(reference(model, x), y)
     np.testing.assert_array_equal(y, np.minimum(ungated, 0.5))
-    changed = y != ungated  # counted by the library: per output element, then in all
-    np.testing.assert_array_equal(counts[0], changed.sum(axis=0))
-    assert (counts[1] == changed.any(axis=1).sum()).all() and changed.any()
+    changed = y != ungated  # the library counts unchanged inputs: per element, in all
+    np.testing.assert_array_equal(len(x) - counts[0], changed.sum(axis=0))
+    assert (len(x) - counts[1] == changed.any(axis=1).sum()).all() and changed.any()
 
 
 def test_cuda_source_generated_and_exported(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ reading ``<out>_ungated``), the ungated output becomes a second output of
 the library (packed with the output into one tensor, ``concat(axis=0)``), so the
 runtime can count the inputs on which a gate changed the output by comparing
 the two (no second compile).  With a batch axis (and opset >= 13) the library
-also counts them: two more rows hold, per output element, the inputs whose value a
-gate changed, and the number of inputs where any changed (``_count_nodes``), so
+also counts them: two more rows hold, per output element, the inputs whose value no
+gate changed, and the number of inputs where none changed (``_count_nodes``), so
 the runtime reads the counts instead of comparing the halves in numpy (30 us at
 batch 1024, a third of a reduced ACAS Xu call where every input fires).  On
 CPU targets the gate ops are fused into the last layer's kernel
@@ -57,8 +57,9 @@ BATCH_PARAM = "batch"
 GATE_PREFIX = "relugate_gate/"
 UNGATED_SUFFIX = "_ungated"
 PACKED_SUFFIX = "_and_ungated"  # the packed library output: concat([out, ungated], axis=0)
-COUNTS_SUFFIX = "_gate_counts"  # (2, *sample): per element, then in all, inputs a gate changed
+COUNTS_SUFFIX = "_gate_counts"  # (2, *sample): per element, then in all, inputs left unchanged
 MIN_COUNT_OPSET = 13  # ReduceSum takes its axes as an input from opset 13 on
+MAX_COUNT_OPSET = 17  # ReduceMin takes them as an attribute up to opset 17
 
 
 @dataclass
@@ -184,8 +185,11 @@ def _set_shape(value: onnx.ValueInfoProto, shape: list[int | str]) -> None:
             dim.dim_value = d
 
 
-def prepare(model: onnx.ModelProto, batch: int | None) -> tuple[onnx.ModelProto, list[IOSpec]]:
-    """A copy of ``model`` with the batch axis set, and the ungated output exposed."""
+def prepare(
+    model: onnx.ModelProto, batch: int | None, *, counts: bool = True
+) -> tuple[onnx.ModelProto, list[IOSpec]]:
+    """A copy of ``model`` with the batch axis set, and the ungated output exposed (with
+    ``counts``, and a batch axis, followed by the gate-firing counts)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {i.name for i in graph.initializer}
@@ -206,7 +210,8 @@ def prepare(model: onnx.ModelProto, batch: int | None) -> tuple[onnx.ModelProto,
         ungated in n.output for n in graph.node
     ):
         specs.append(IOSpec(ungated, specs[1].sample_shape, specs[1].has_batch))
-        counts = specs[1].has_batch and _opset(model) >= MIN_COUNT_OPSET
+        opset = _opset(model)
+        counts = counts and specs[1].has_batch and MIN_COUNT_OPSET <= opset <= MAX_COUNT_OPSET
         if counts:
             sample = (2, *specs[1].sample_shape)
             specs.append(IOSpec(specs[1].name + COUNTS_SUFFIX, sample, has_batch=False))
@@ -247,11 +252,15 @@ def _pack_outputs(
 
 
 def _count_nodes(graph: onnx.GraphProto, out: IOSpec, ungated: str) -> list[str]:
-    """Nodes counting, over the batch, the inputs a gate changed: per output element
-    (shape ``(1, *sample)``) and in all (the same shape, every element the count).
+    """Nodes counting, over the batch, the inputs a gate left UNCHANGED: per output
+    element (shape ``(1, *sample)``) and in all (the same shape, every element the
+    count); the runtime subtracts them from the batch size.
 
-    Float32 sums of 0/1 values: exact below 2**24 inputs per call.  Equal, like
-    numpy's ``==``, says 0.0 equals -0.0 and NaN differs from itself."""
+    Counting equal values takes one op fewer per element than counting changed ones
+    (no ``Not``, no clip of per-row sums to 1: ``ReduceMin`` of 0/1 is the row's "all
+    equal"), which is most of the counting's cost at batch 1.  Float32 sums of 0/1
+    values: exact below 2**24 inputs per call.  Equal, like numpy's ``==``, says 0.0
+    equals -0.0 and NaN differs from itself."""
     rank = 1 + len(out.sample_shape)
     name = GATE_PREFIX + "count/"
 
@@ -263,17 +272,14 @@ def _count_nodes(graph: onnx.GraphProto, out: IOSpec, ungated: str) -> list[str]
         graph.node.append(helper.make_node(op, inputs, [name + key], name=name + key, **attrs))
         return name + key
 
-    same = node("Equal", "same", [out.name, ungated])
-    changed = node("Cast", "changed", [node("Not", "differ", [same])], to=TensorProto.FLOAT)
+    same = node("Cast", "same", [node("Equal", "equal", [out.name, ungated])], to=TensorProto.FLOAT)
     batch_axis = const("batch_axis", np.array([0], np.int64))
-    by_output = node("ReduceSum", "by_output", [changed, batch_axis], keepdims=1)
-    if rank > 1:
-        sample_axes = const("sample_axes", np.arange(1, rank, dtype=np.int64))
-        per_input = node("ReduceSum", "per_input", [changed, sample_axes], keepdims=1)
-        any_changed = node("Min", "any", [per_input, const("one", np.float32(1.0))])
+    by_output = node("ReduceSum", "by_output", [same, batch_axis], keepdims=1)
+    if rank > 1:  # ReduceMin takes its axes as an attribute up to opset 17
+        all_same = node("ReduceMin", "all_same", [same], axes=list(range(1, rank)), keepdims=1)
     else:
-        any_changed = changed
-    inputs = node("ReduceSum", "inputs", [any_changed, batch_axis], keepdims=1)
+        all_same = same
+    inputs = node("ReduceSum", "inputs", [all_same, batch_axis], keepdims=1)
     zeros = const("zeros", np.zeros((1, *out.sample_shape), np.float32))
     return [by_output, node("Add", "inputs_spread", [inputs, zeros])]
 
@@ -285,10 +291,12 @@ def gate_node_count(model: onnx.ModelProto) -> int:
 # -- lowering -----------------------------------------------------------------
 
 
-def import_relax(model: onnx.ModelProto, batch: int | None) -> tuple[Any, list[IOSpec]]:
+def import_relax(
+    model: onnx.ModelProto, batch: int | None, counts: bool = True
+) -> tuple[Any, list[IOSpec]]:
     from tvm.relax.frontend.onnx import from_onnx
 
-    prepared, specs = prepare(model, batch)
+    prepared, specs = prepare(model, batch, counts=counts)
     try:
         with warnings.catch_warnings():  # checker and name-sanitizing chatter
             warnings.simplefilter("ignore", UserWarning)
@@ -312,6 +320,7 @@ def lower(
     cuda_arch: str = "sm_80",
     num_cores: int = 1,
     prefuse: bool | None = None,
+    gate_counts: bool = True,
 ) -> Lowered:
     """Compile ``onnx_model`` for ``target`` (``llvm`` | ``aarch64`` | ``cuda``).
 
@@ -320,7 +329,8 @@ def lower(
     tunes for about that long into ``tuning_db`` (a folder, reused across runs);
     with ``tune_seconds=0`` an existing ``tuning_db`` is applied without tuning.
     ``prefuse``: run ``gate_fusion.fuse_with_gates`` first (default: for gated models
-    on CPU targets; benchmarks force it to compare like with like).
+    on CPU targets; benchmarks force it to compare like with like).  ``gate_counts``:
+    a gated library counts gate firings itself (see the module docstring).
     """
     import tvm
 
@@ -331,7 +341,7 @@ def lower(
     if tune_seconds > 0 and tuning_db is None:
         raise RelugateError("tuning needs a database folder (tuning_db)")
     info = resolve_target(target, mcpu, cuda_arch, num_cores)
-    mod, specs = import_relax(onnx_model, batch)
+    mod, specs = import_relax(onnx_model, batch, gate_counts)
     start = time.monotonic()
     report = None
     if tune_seconds > 0 and target != "llvm":  # candidates run where measured (no RPC here)
