@@ -56,11 +56,13 @@ STUDIES = ("digits", "acas", "conv")
 
 
 def compress(
-    net: Network, box: Box, method: str, time_limit: float = 120.0
+    net: Network, box: Box, method: str, time_limit: float = 120.0, skip: bool = False
 ) -> tuple[Network, dict[str, Any]]:
-    """``stable_relu`` alone on ``box`` with analysis ``method``: the network and a summary."""
+    """``stable_relu`` alone on ``box`` with analysis ``method`` (``skip``: with linear skip
+    paths for active units, ``passes/linear_skip``): the network and a summary."""
     t0 = time.perf_counter()
-    ctx = PassContext(domain=box, options={"stability": method, "stability_time_limit": time_limit})
+    options = {"stability": method, "stability_time_limit": time_limit, "skip": skip}
+    ctx = PassContext(domain=box, options=options)
     result = StableRelu().run(net, ctx)
     report = result.report
     before, after = net.stats(), result.network.stats()
@@ -75,6 +77,7 @@ def compress(
         "removed_pct": round(100 * (before["relus"] - after["relus"]) / before["relus"], 2),
         "inactive": sum(r["inactive_removed"] for r in layers),
         "dependent": sum(r.get("active_dependent_removed", 0) for r in layers),
+        "skipped": sum(r.get("active_skipped", 0) for r in layers),
         "relu_layers_dropped": sum(bool(r.get("relu_dropped")) for r in layers),
         "stable_units": sum(r["inactive_removed"] + r.get("active", 0) for r in layers),
         "claims": sorted(

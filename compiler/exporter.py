@@ -22,6 +22,7 @@ from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape,
 from relugate.compiler.max_tree import MaxTree
 from relugate.compiler.max_tree_onnx import emit_max_tree
 from relugate.compiler.network import Network
+from relugate.compiler.skip_dense import SkipDense, emit_skip_dense
 
 Emitter = Callable[[gs.Graph, Layer, gs.Variable], gs.Variable]
 
@@ -173,5 +174,6 @@ EMITTERS: dict[type, Emitter] = {
     Transpose: _transpose,
     Scale: _scale,
     MaxTree: emit_max_tree,
+    SkipDense: emit_skip_dense,
 }
 """One ONNX emitter per canonical layer type."""

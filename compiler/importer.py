@@ -25,6 +25,7 @@ from relugate.compiler.layers import Layer, Reshape, Shape
 from relugate.compiler.max_tree_onnx import collapse_max_trees
 from relugate.compiler.network import Network, TensorSpec
 from relugate.compiler.onnx_ops import CONVERTERS, SHAPE_OPS
+from relugate.compiler.skip_dense import collapse_skip_dense
 
 
 @dataclass
@@ -66,6 +67,7 @@ def import_network(loaded: LoadedModel) -> Network:
     graph.toposort()
     _name_nodes(graph)
     collapse_max_trees(graph)  # relugate's own MaxTree subgraphs, back into one node
+    collapse_skip_dense(graph)  # and its SkipDense subgraphs
     const_names = _constant_tensors(graph)
     _refuse_unsupported(graph, const_names)
     tracer = _start(loaded, graph)

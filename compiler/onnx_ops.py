@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from relugate.compiler.errors import UnsupportedModel
 from relugate.compiler.layers import Conv, Dense, MaxPool, Relu, Reshape, Scale, Shape, Transpose
 from relugate.compiler.max_tree_onnx import max_tree_from_node
+from relugate.compiler.skip_dense import skip_dense_from_node
 
 if TYPE_CHECKING:
     from relugate.compiler.importer import Tracer
@@ -334,8 +335,15 @@ def _max_tree(node: gs.Node, t: Tracer) -> None:
     t.emit(max_tree_from_node(node, prod(t.sample)))
 
 
+def _skip_dense(node: gs.Node, t: Tracer) -> None:
+    names = ("W1", "b1", "W2", "b2", "skip")
+    values = [_need_const(node, t, k + 1, what) for k, what in enumerate(names)]
+    t.emit(skip_dense_from_node(node.name, values))
+
+
 CONVERTERS: dict[str, Converter] = {
     "MaxTree": _max_tree,  # relugate's own, from importer.collapse_max_trees
+    "SkipDense": _skip_dense,  # relugate's own, from importer.collapse_skip_dense
     "Add": _binary,
     "Sub": _binary,
     "Mul": _binary,

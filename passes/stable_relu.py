@@ -16,13 +16,16 @@ bounds every ReLU's input:
 - a ReLU layer whose remaining units are all active (lower bound >= 0) is
   dropped, and a Dense pair it separated is folded into one (``W2 W1``,
   ``W2 b1 + b2``) when that grows neither parameters nor FLOPs;
+- with ``ctx.options["skip"]`` (default off), the active units of a partly
+  active layer between two Dense layers leave the ReLU for a linear skip path
+  (one ``SkipDense`` layer) where that lowers the parameter count
+  (``linear_skip``);
 - in a layer that keeps its ReLU, an active unit whose weight row is a linear
   combination of other active units' rows is removed (``stable_relu_linear``).
 
 Rounds repeat (bounds recomputed on the reduced network) until nothing
-changes.  Not done: other active units of a partly active layer keep their
-ReLU (a linear path around it needs a skip connection, which the layer chain
-cannot express); a conv layer whose ReLU is dropped is not folded.
+changes.  Not done: without ``skip``, other active units of a partly active
+layer keep their ReLU; a conv layer whose ReLU is dropped is not folded.
 
 Float32.  Bounds enclose float32 execution (see ``analysis.steps``).  Deleting
 an inactive unit removes a term ``w * (+-0)`` from each later sum, and dropping
@@ -52,6 +55,7 @@ from relugate.passes.analysis.milp import exact_stability_all, lp_tighten
 from relugate.passes.analysis.split_stability import split_bounds
 from relugate.passes.analysis.steps import steps_of
 from relugate.passes.base import CertificateEntry, PassContext, PassResult, unchanged
+from relugate.passes.linear_skip import linear_skip
 from relugate.passes.stable_relu_linear import (
     MODES,
     Progress,
@@ -67,7 +71,11 @@ SPLIT_MAX_DIM = 16
 NOT_DONE = (
     "partly active layers keep their ReLU: a linear path for their active units "
     "(other than linearly dependent ones) needs a skip connection, which the layer "
-    "chain cannot express"
+    "chain cannot express (option skip=True makes them, passes/linear_skip)"
+)
+SKIP_DONE = (
+    "partly active layers: active units take a linear skip path (SkipDense) where that "
+    "lowers parameters; see layers[...]['skip'] for each layer with active units"
 )
 
 
@@ -260,6 +268,9 @@ class StableRelu:
         mode = str(ctx.options.get("fold", "measured"))
         if mode not in MODES:
             raise BadSpec(f"unknown fold mode {mode!r}; choose from {MODES}")
+        skip = bool(ctx.options.get("skip", False))
+        if skip:
+            current = linear_skip(current, progress, mode)
         current = fold(eliminate_dependent(current, progress, mode), progress, mode)
         changed = bool(progress.entries)
         domain_entry = CertificateEntry(
@@ -275,7 +286,7 @@ class StableRelu:
             "after": current.stats(),
             "layers": progress.layers,
             "skipped": progress.skipped,
-            "notes": [*progress.notes, NOT_DONE],
+            "notes": [*progress.notes, SKIP_DONE if skip else NOT_DONE],
         }
         certificate = (domain_entry, *progress.entries) if changed else ()
         return PassResult(current if changed else net, changed, report, certificate)

@@ -25,12 +25,14 @@ import numpy as np
 from scipy import linalg
 
 from relugate.compiler.domain import Box
-from relugate.compiler.layers import Dense, Relu, Reshape
+from relugate.compiler.layers import Dense, Layer, Relu, Reshape
 from relugate.compiler.max_tree import MaxTree
 from relugate.compiler.network import Network
 from relugate.compiler.onnx_run import TOLERANCE, mismatch
+from relugate.compiler.skip_dense import SkipDense
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.max_tree_steps import step_count
+from relugate.passes.analysis.skip_dense_steps import STEPS as SKIP_STEPS
 from relugate.passes.analysis.steps import Affine, MaxPoolStep, steps_of
 from relugate.passes.base import CertificateEntry
 from relugate.passes.merge_affine import compose
@@ -225,8 +227,12 @@ def fold(net: Network, progress: Progress, mode: str) -> Network:
 def step_index(net: Network) -> np.ndarray:
     """Analysis step of every layer, its last one (Reshape layers have no step of their
     own; a MaxTree has several, ``max_tree_steps``)."""
-    counts = [
-        0 if isinstance(lay, Reshape) else step_count(lay) if isinstance(lay, MaxTree) else 1
-        for lay in net.layers
-    ]
-    return np.cumsum(counts) - 1
+    return np.cumsum([_steps(lay) for lay in net.layers]) - 1
+
+
+def _steps(lay: Layer) -> int:
+    if isinstance(lay, Reshape):
+        return 0
+    if isinstance(lay, MaxTree):
+        return step_count(lay)
+    return SKIP_STEPS if isinstance(lay, SkipDense) else 1

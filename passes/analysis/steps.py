@@ -26,6 +26,7 @@ from relugate.compiler import kernels
 from relugate.compiler.layers import Conv, Dense, Layer, MaxPool, Relu, Reshape, Scale, Transpose
 from relugate.compiler.max_tree import MaxTree, SparseAffine
 from relugate.compiler.network import Network
+from relugate.compiler.skip_dense import SkipDense
 
 U32 = 2.0**-24
 """Unit roundoff of float32."""
@@ -193,6 +194,8 @@ def steps_of(net: Network) -> list[Step]:
             steps.append(Affine(layer, shapes[i], shapes[i + 1]))
         elif isinstance(layer, MaxTree):
             steps += _max_tree_steps(layer, shapes[i])
+        elif isinstance(layer, SkipDense):
+            steps += _skip_dense_steps(layer)
         else:
             raise TypeError(f"no analysis step for layer {layer.name!r} ({layer.kind})")
     return steps
@@ -209,6 +212,21 @@ def _max_tree_steps(tree: MaxTree, in_shape: tuple[int, ...]) -> list[Step]:
             out.append(ReluStep(layer, prod(out_shape)))
         else:
             out.append(Affine(layer, shape, out_shape))
+        shape = out_shape
+    return out
+
+
+def _skip_dense_steps(layer: SkipDense) -> list[Step]:
+    """A SkipDense as affine, ReLU, affine steps (``skip_dense_steps.lower``)."""
+    from relugate.passes.analysis.skip_dense_steps import lower
+
+    out: list[Step] = []
+    shape: tuple[int, ...] = (layer.n_in,)
+    for lay, out_shape in lower(layer):
+        if isinstance(lay, Relu):
+            out.append(ReluStep(lay, prod(out_shape)))
+        else:
+            out.append(Affine(lay, shape, out_shape))
         shape = out_shape
     return out
 
