@@ -41,6 +41,8 @@ from relugate.compiler.compile import CompileOptions, compile_model
 from relugate.compiler.gates_onnx import strip_gates
 from relugate.compiler.onnx_run import session
 
+CLOCK_WORDS = {"wall": "elapsed time", "cpu": "the thread's CPU time, robust to other load"}
+CLOCK_HELP = "wall: elapsed time per call; cpu: the thread's CPU time (robust to a busy machine)"
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "benchmarks"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,7 +66,9 @@ def _ort_runner(model: onnx.ModelProto, x: np.ndarray) -> Callable[[], Any]:
     return lambda: sess.run(None, feed)
 
 
-def measure(net: Path, specs: list[Path], work: Path, rounds: int) -> dict[str, Any]:
+def measure(
+    net: Path, specs: list[Path], work: Path, rounds: int, clock: str = "wall"
+) -> dict[str, Any]:
     import relugate.runtime as rt
 
     out = work / "compiled"
@@ -97,7 +101,7 @@ def measure(net: Path, specs: list[Path], work: Path, rounds: int) -> dict[str, 
             "ort_ungated": _ort_runner(ungated, x),
             "ort_gated": _ort_runner(gated, x),
         }
-        samples = timed_rounds(fns, rounds)
+        samples = timed_rounds(fns, rounds, clock)
         us = {k: min(v) * 1e6 for k, v in samples.items()}
         fired = bundles["gated"].run_detailed(x).gate_fired
         row[f"b{batch}"] = {
@@ -123,11 +127,14 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "# Gate latency in the bundle (TVM, gated vs ungated)",
         "",
         f"relugate {meta['relugate']}, {meta['machine']}, {meta['date']}; one thread, "
-        f"{meta['rounds']} interleaved rounds per batch size, minimum of the per-round mean; "
+        f"{meta['rounds']} interleaved rounds per batch size, minimum of the per-round mean "
+        f"({CLOCK_WORDS[meta.get('clock', 'wall')]}); "
         "bundles built as the default compile builds them (symbolic batch, untuned) and "
         "called through `relugate.runtime` (checks and gate telemetry included). Inputs "
-        "uniform in the compile domain. The machine's other work hits every engine alike "
-        "within a round; single figures still move by several percent between runs.",
+        "uniform in the compile domain, load average "
+        f"{meta.get('load_average', float('nan')):.1f} at the end. The machine's other work "
+        "hits every engine alike within a round; single figures still move by several "
+        "percent between runs.",
         "",
         f"{len(rows)} compiles: TVM gated/ungated median {med('tvm_ratio', 1):.3f} at batch 1, "
         f"{med('tvm_ratio', 1024):.3f} at batch 1024; against the ungated network built "
@@ -158,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N compiles")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help=CLOCK_HELP)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N compiles")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="relugate-gate-latency-") as tmp:
-        for i, (net, specs) in enumerate(instances()[: args.limit]):
-            rows.append(measure(net, specs, Path(tmp) / str(i), args.rounds))
+        chosen = instances()[args.skip :][: args.limit]
+        for i, (net, specs) in enumerate(chosen):
+            rows.append(measure(net, specs, Path(tmp) / str(i), args.rounds, args.clock))
             r = rows[-1]
             print(
                 f"{r['network']} {','.join(r['specs'])}: TVM b1 {r['b1']['tvm_ratio']:.3f} "
@@ -171,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['b1024']['ort_ratio']:.3f}",
                 flush=True,
             )
-    meta = run_meta(rounds=args.rounds, threads=1)
+    meta = run_meta(
+        rounds=args.rounds, threads=1, clock=args.clock, load_average=os.getloadavg()[0]
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gate_latency.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"

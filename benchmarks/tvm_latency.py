@@ -56,8 +56,17 @@ ROUND_SECONDS = 0.3
 ENGINES = ("onnxruntime", "tvm_untuned", "tvm_tuned", "bundle")
 
 
-def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""``wall``: elapsed time; ``cpu``: this thread's CPU time, which leaves out the time the
+thread waits for a core (on a shared 2-core machine at load 4-6, wall times of the same
+call varied 2-4x between rounds).  Single-threaded engines only."""
+
+
+def timed_rounds(
+    fns: dict[str, Callable[[], Any]], rounds: int, clock: str = "wall"
+) -> dict[str, list[float]]:
     """Per engine, the mean seconds per call of each round; engines interleaved per round."""
+    now = CLOCKS[clock]
     calls = {}
     for name, fn in fns.items():
         fn()
@@ -69,10 +78,10 @@ def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, li
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = now()
             for _ in range(calls[name]):
                 fn()
-            samples[name].append((time.perf_counter() - start) / calls[name])
+            samples[name].append((now() - start) / calls[name])
     return samples
 
 
