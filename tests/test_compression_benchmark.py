@@ -76,8 +76,12 @@ def test_digits_row_exact_check_and_table(
         exact = row[dom]["exact"]
         assert exact["confirmed"] == exact["claims"] and not exact["wrong"]
         assert row[dom]["crown"]["check"]["max_abs_diff"] < 1e-5
+        skip = row[dom]["skip"]
+        assert skip["check"]["max_abs_diff"] < 1e-5
+        assert skip["after"]["params"] <= skip["before"]["params"]
+        assert skip["removed_pct"] >= row[dom]["milp"]["removed_pct"]
     text = "\n".join(compression_digits.markdown([row]))
-    assert "| 6 | 0.003 | 0 |" in text and "Serra et al." in text
+    assert "| 6 | 0.003 | 0 |" in text and "Serra et al." in text and "with skip path" in text
 
 
 def test_exact_check_contradicts_a_false_claim() -> None:

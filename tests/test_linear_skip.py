@@ -164,3 +164,23 @@ def test_no_skip_without_the_option_or_in_fold_mode_none() -> None:
     res = run(net, BOX3, stability="crown", skip=True, fold="none")
     assert [lay.kind for lay in res.network.layers] == ["dense", "relu", "dense"]
     assert "fold mode 'none'" in res.report["layers"]["r1"]["skip"]
+
+
+def test_two_paying_blocks_sharing_a_dense_take_one_skip() -> None:
+    """r1's and r2's blocks share fc2: the larger saving (r2's) is made, r1 gets a reason."""
+    net = block_net(n_out=6)
+    fc1, r1, _ = net.layers
+    w2 = np.zeros((6, 6))
+    w2[:4] = np.random.default_rng(4).uniform(-0.1, 0.1, (4, 6))
+    w2[4:, 4:] = [[1, -1], [-1, 1]]
+    fc2 = Dense("fc2", weight=w2, bias=np.array([5.0, 5, 5, 5, 0, 0]))
+    fc3 = Dense("fc3", weight=np.random.default_rng(5).uniform(-1, 1, (2, 6)), bias=np.zeros(2))
+    two = network((3,), [fc1, r1, fc2, Relu("r2"), fc3])
+    res = run(two, BOX3, stability="crown", skip=True)
+    assert [lay.kind for lay in res.network.layers] == ["dense", "relu", "skip_dense"]
+    layers = res.report["layers"]
+    assert layers["r2"]["skip"].startswith("made: 4 units")
+    assert layers["r1"]["skip"] == "not made: a neighbouring block took the skip"
+    x = samples(BOX3)
+    diff = np.abs(res.network.forward(x, np.float32) - two.forward(x, np.float32)).max()
+    assert diff < 1e-5 and res.report["after"]["params"] < res.report["before"]["params"]
