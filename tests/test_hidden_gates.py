@@ -334,3 +334,18 @@ def test_widen_moves_free_sides_toward_reach() -> None:
     )
     assert 0.45 < t <= 0.5 and hi[0] < 1.5 and hi[1] == np.float32(0.5)
     assert np.all(lo < hull[0]) and hi[0] > hull[1][0]
+
+
+def test_verifier_error_is_no_proof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import relugate.compiler.verify as verify
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("generator raised StopIteration")
+
+    monkeypatch.setattr(verify, "verify_model", broken)
+    core = onnx.load(str(tiny_net(tmp_path)))
+    prop = read_vnnlib(spec(tmp_path, -1, 1, BAND))
+    safe_box = (np.array([0.6, 0.0, 0.0]), np.array([0.9, 0.0, 0.0]))
+    (proof,) = prove_tail(tail_model(core, find_cut(core, 0)), [[safe_box]], [prop], 5.0)
+    assert not proof.proved and proof.verdict == "unknown"
+    assert "verifier error: RuntimeError" in proof.method

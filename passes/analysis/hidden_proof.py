@@ -15,6 +15,7 @@ margins included).  Only ``holds`` proves; anything else refuses the gate.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,6 @@ def prove_tail(
     """``verify_model`` on the tail for every case of every property (``boxes[p][c]``: the
     tail's input box ``B_c``).  Identical (box, case) pairs are decided once.  With
     ``stop_early`` the first case that does not hold ends the run."""
-    from relugate.compiler.verify import verify_model  # verify imports compile, which imports us
-
     n_out = props[0].n_outputs
     proofs: list[TailProof] = []
     seen: dict[str, TailProof] = {}
@@ -122,13 +121,26 @@ def prove_tail(
                 else:
                     spec = Path(tmp) / f"tail_{p}_{c}.vnnlib"
                     spec.write_text(text)
-                    result = verify_model(path, [spec], timeout=timeout)
-                    proof = TailProof(p, c, result.verdict, result.method, result.seconds)
+                    proof = _verify(path, spec, timeout, (p, c))
                 seen[text] = proof
                 proofs.append(proof)
                 if stop_early and not proof.proved:
                     return proofs
     return proofs
+
+
+def _verify(path: Path, spec: Path, timeout: float, where: tuple[int, int]) -> TailProof:
+    """``verify_model`` on the tail; an exception inside the verifier is no proof (the
+    gate is refused, as for ``unknown``), recorded with its message."""
+    from relugate.compiler.verify import verify_model  # verify imports compile, which imports us
+
+    start = time.perf_counter()
+    try:
+        result = verify_model(path, [spec], timeout=timeout)
+    except (RuntimeError, ValueError, ArithmeticError) as exc:
+        method = f"verifier error: {type(exc).__name__}: {exc}"[:200]
+        return TailProof(*where, "unknown", method, time.perf_counter() - start)
+    return TailProof(*where, result.verdict, result.method, result.seconds)
 
 
 def _again(proof: TailProof) -> tuple[str, str, float]:
