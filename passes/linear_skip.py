@@ -9,9 +9,9 @@ and the rest ``U`` (inactive ones are deleted before this runs):
 so the active units leave the ReLU and a skip term ``M x`` (``M = W2[:, A]
 W1[A]``) joins the next layer: one ``SkipDense`` layer.  Made only where it
 lowers the parameter count (``|A| (n_in + n_out + 1) > n_out n_in``, the skip
-matrix counted) and grows no FLOPs; a block is rewritten at most once and two
-rewritten blocks never share a Dense (candidates with the larger saving go
-first).
+matrix counted) and grows no FLOPs; two rewritten blocks never share a Dense
+(candidates with the larger saving go first; a rejected one frees its
+neighbours).
 
 Exact in real arithmetic; float32 rounding changes (as for ``fold`` and
 ``eliminate_dependent``), so a rewrite is kept only in ``measured`` mode and
@@ -32,7 +32,7 @@ from relugate.compiler.skip_dense import SkipDense
 from relugate.passes.stable_relu_linear import Progress, measured
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Candidate:
     relu: int  # layer index of the ReLU; the Dense layers are relu - 1 and relu + 1
     active: np.ndarray  # current unit indices, stably active
@@ -92,6 +92,8 @@ def candidates(net: Network, progress: Progress) -> list[Candidate]:
             continue
         first, second = layers[i - 1], layers[i + 1]
         if not (isinstance(first, Dense) and isinstance(second, Dense)):
+            if np.any(lows >= 0) and any(isinstance(x, SkipDense) for x in (first, second)):
+                progress.layers[layer.name]["skip"] = "not made: a neighbouring block took the skip"
             continue
         if lows.shape != (first.n_out,):
             continue
@@ -107,29 +109,28 @@ def candidates(net: Network, progress: Progress) -> list[Candidate]:
 
 
 def linear_skip(net: Network, progress: Progress, mode: str) -> Network:
-    """Every paying, non-overlapping skip whose float32 change is measured harmless."""
-    chosen: list[Candidate] = []
-    taken: set[int] = set()
-    for cand in candidates(net, progress):
-        name = net.layers[cand.relu].name
-        if taken & {cand.relu - 1, cand.relu + 1}:
-            progress.layers[name]["skip"] = "not made: a neighbouring block took the skip"
-        elif mode != "measured":
-            progress.layers[name]["skip"] = f"not made: fold mode {mode!r} (needs 'measured')"
-        else:
-            chosen.append(cand)
-            taken |= {cand.relu - 1, cand.relu + 1}
-    for cand in sorted(chosen, key=lambda c: -c.relu):  # last first: earlier indices hold
+    """Paying skips, largest saving first, each kept when its float32 change is measured
+    harmless; a block whose skip is rejected leaves its neighbours free to take theirs."""
+    rejected: set[str] = set()
+    while True:
+        found = [c for c in candidates(net, progress) if net.layers[c.relu].name not in rejected]
+        for name in rejected:  # candidates() may have noted a neighbour since
+            progress.layers[name]["skip"] = "not made: float32 change too large"
+        if not found:
+            return net
+        if mode != "measured":
+            for c in found:
+                why = f"not made: fold mode {mode!r} (needs 'measured')"
+                progress.layers[net.layers[c.relu].name]["skip"] = why
+            return net
+        cand, name = found[0], net.layers[found[0].relu].name
         candidate = _rewrite(net, cand)
         evidence = measured(net, candidate, progress.box)
         if evidence is None:
-            progress.layers[net.layers[cand.relu].name]["skip"] = (
-                "not made: float32 change too large"
-            )
+            rejected.add(name)
             continue
         _record(progress, net, cand, evidence)
         net = candidate
-    return net
 
 
 def _rewrite(net: Network, cand: Candidate) -> Network:

@@ -19,6 +19,7 @@ from relugate.compiler.layers import Dense, Relu
 from relugate.compiler.network import Network
 from relugate.compiler.onnx_run import run_network
 from relugate.compiler.skip_dense import SkipDense
+from relugate.passes import linear_skip
 from relugate.passes.analysis.crown import crown_bounds
 from relugate.passes.analysis.interval import interval_bounds
 from relugate.passes.analysis.milp import exact_stability_all
@@ -166,8 +167,8 @@ def test_no_skip_without_the_option_or_in_fold_mode_none() -> None:
     assert "fold mode 'none'" in res.report["layers"]["r1"]["skip"]
 
 
-def test_two_paying_blocks_sharing_a_dense_take_one_skip() -> None:
-    """r1's and r2's blocks share fc2: the larger saving (r2's) is made, r1 gets a reason."""
+def two_blocks() -> Network:
+    """r1's and r2's blocks share fc2; both pay, r2's saves more."""
     net = block_net(n_out=6)
     fc1, r1, _ = net.layers
     w2 = np.zeros((6, 6))
@@ -175,7 +176,12 @@ def test_two_paying_blocks_sharing_a_dense_take_one_skip() -> None:
     w2[4:, 4:] = [[1, -1], [-1, 1]]
     fc2 = Dense("fc2", weight=w2, bias=np.array([5.0, 5, 5, 5, 0, 0]))
     fc3 = Dense("fc3", weight=np.random.default_rng(5).uniform(-1, 1, (2, 6)), bias=np.zeros(2))
-    two = network((3,), [fc1, r1, fc2, Relu("r2"), fc3])
+    return network((3,), [fc1, r1, fc2, Relu("r2"), fc3])
+
+
+def test_two_paying_blocks_sharing_a_dense_take_one_skip() -> None:
+    """The larger saving (r2's) is made, r1 gets a reason."""
+    two = two_blocks()
     res = run(two, BOX3, stability="crown", skip=True)
     assert [lay.kind for lay in res.network.layers] == ["dense", "relu", "skip_dense"]
     layers = res.report["layers"]
@@ -184,3 +190,21 @@ def test_two_paying_blocks_sharing_a_dense_take_one_skip() -> None:
     x = samples(BOX3)
     diff = np.abs(res.network.forward(x, np.float32) - two.forward(x, np.float32)).max()
     assert diff < 1e-5 and res.report["after"]["params"] < res.report["before"]["params"]
+
+
+def test_a_rejected_skip_frees_its_neighbour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When r2's skip fails the float32 check, r1's (sharing fc2) is tried and made."""
+    real = linear_skip.measured
+
+    def reject_fc3(before: Network, after: Network, box: Box) -> str | None:
+        if any(isinstance(lay, SkipDense) and lay.name == "fc3" for lay in after.layers):
+            return None
+        return real(before, after, box)
+
+    monkeypatch.setattr(linear_skip, "measured", reject_fc3)
+    two = two_blocks()
+    res = run(two, BOX3, stability="crown", skip=True)
+    assert [lay.kind for lay in res.network.layers] == ["skip_dense", "relu", "dense"]
+    layers = res.report["layers"]
+    assert layers["r2"]["skip"] == "not made: float32 change too large"
+    assert layers["r1"]["skip"].startswith("made: 4 units")
