@@ -96,6 +96,14 @@ def compile(
         bool,
         typer.Option("--maxpool-to-relu", help="Rewrite MaxPool into proved ReLU max trees."),
     ] = False,
+    linear_skip: Annotated[
+        bool,
+        typer.Option(
+            "--linear-skip",
+            help="Stably active units of partly active layers leave the ReLU for a linear "
+            "skip path where that lowers the parameter count.",
+        ),
+    ] = False,
     target: Annotated[
         str,
         typer.Option(
@@ -177,6 +185,7 @@ def compile(
                 gate_layer=gate_layer,
                 stability=stability,
                 maxpool_to_relu=maxpool_to_relu,
+                linear_skip=linear_skip,
                 batch=batch,
                 tune_seconds=tune_seconds,
                 tuning_db=tuning_db,

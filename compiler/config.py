@@ -20,7 +20,7 @@ The config is ``relugate.toml``, or the ``[tool.relugate]`` table of
 
 Options are those of ``relugate compile`` with ``_`` for ``-``: ``require``,
 ``target``, ``policy``, ``gates``, ``gate_timeout``, ``stability``,
-``maxpool_to_relu``, ``batch``, ``tune_seconds``, ``tuning_db``, ``force``,
+``maxpool_to_relu``, ``linear_skip``, ``batch``, ``tune_seconds``, ``tuning_db``, ``force``,
 ``verify_each``.  Paths are relative to the config file's folder.  Anything
 wrong (TOML syntax, an unknown key, a value of the wrong type, a duplicate
 name or output folder) is a ``ConfigError`` (exit 3) naming the file and key.
@@ -80,6 +80,7 @@ OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "one of auto, crown, split, interval, lp, milp",
     ),
     "maxpool_to_relu": (_bool, "true or false"),
+    "linear_skip": (_bool, "true or false"),
     "batch": (_positive_int, "an integer >= 1"),
     "tune_seconds": (_seconds, "a number of seconds >= 0"),
     "tuning_db": (_str, "a path"),
