@@ -97,8 +97,22 @@ def test_a_gated_model_tunes_with_its_gate_kernel_left_untuned(tmp_path: Path) -
     reported, the others are tuned, and the library still agrees with onnxruntime."""
     gated = gated_tiny(tmp_path, switch=False)
     tuned = lower(gated, "llvm", batch=4, tune_seconds=8, tuning_db=tmp_path / "db")
+    # (batch 4: small enough that the gates stay fused into the last layer)
     report = tuned.tuning
     assert report is not None and report.tasks >= 1
     assert [name for name in report.tasks_skipped if "relugate_gate" in name]
     x = np.random.default_rng(0).uniform(-1, 0.5, (4, 2)).astype(np.float32)
     assert_close(reference(gated, x), tuned.load().run(x))
+
+
+@pytest.mark.slow
+def test_large_tuned_batches_keep_the_last_layer_tunable(tmp_path: Path) -> None:
+    """At batch >= PREFUSE_MAX_TUNED_BATCH a tuned gated library is not pre-fused: every
+    task, the last layer's included, can be tuned, and none is skipped."""
+    gated = gated_tiny(tmp_path, switch=False)
+    tuned = lower(gated, "llvm", batch=64, tune_seconds=8, tuning_db=tmp_path / "db")
+    assert tuned.tuning is not None and tuned.tuning.tasks_skipped == []
+    x = np.random.default_rng(0).uniform(-1, 0.5, (64, 2)).astype(np.float32)
+    y, ungated, counts = tuned.load().run_all(x)
+    assert_close(reference(gated, x), y)
+    assert (64 - counts[1] == (y != ungated).any(axis=1).sum()).all()

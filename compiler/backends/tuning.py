@@ -16,8 +16,11 @@ apache-tvm-ffi must be 0.1.14.post1: newer releases crash MetaSchedule.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,49 @@ def _cpu_tensor_intrinsics_only() -> None:
         importlib.import_module(name)
 
 
+def _task_logger(db_dir: Path, index: int, name: str) -> logging.Logger:
+    """A logger writing to ``db_dir/logs/task_<index>_<name>.log`` (name cut to 80
+    characters; one handler per file)."""
+    path = db_dir / "logs" / f"task_{index}_{name[:80]}.log"  # fused names run long
+    logger = logging.getLogger(f"relugate.tuning.{abs(hash(str(path)))}")
+    if not logger.handlers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+    return logger
+
+
+def _tune_contexts(extracted: Any, db_dir: Path) -> tuple[list[Any], list[float]]:
+    """MetaSchedule's ``extracted_tasks_to_tune_contexts`` with plain file loggers.
+
+    Its own loggers come from ``logging.config.dictConfig`` and list the names of the
+    handlers already on its global logger; an unnamed one (pytest's log capture adds
+    some) made the second tuning in a process fail with ``'NoneType' object has no
+    attribute 'format'``."""
+    from tvm.s_tir.meta_schedule import TuneContext
+
+    contexts, weights = [], []
+    for i, task in enumerate(extracted):
+        if task.mod.attrs.get("tirx.is_scheduled", False):
+            continue
+        ctx = TuneContext(
+            mod=task.dispatched[0],
+            target=task.target,
+            space_generator="post-order-apply",
+            search_strategy="evolutionary",
+            task_name=task.task_name,
+            logger=_task_logger(db_dir, i, task.task_name),
+            rand_state=-1,
+            num_threads=1,
+        )
+        contexts.append(ctx.clone())
+        weights.append(float(task.weight))
+    return contexts, weights
+
+
 def _schedulable(
     contexts: list[Any], weights: list[float]
 ) -> tuple[list[Any], list[float], list[str]]:
@@ -169,30 +215,15 @@ def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, Tune
         _cpu_tensor_intrinsics_only()
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     extracted = ms.relax_integration.extract_tasks(mod, target)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, str(db_dir), num_threads=1
-    )
-    contexts, weights, skipped = _schedulable(list(contexts), list(weights))
+    contexts, weights = _tune_contexts(extracted, db_dir)
+    contexts, weights, skipped = _schedulable(contexts, weights)
     before = _records_before(database, contexts)
     scheduler, record, progress = scheduler_and_callback(start + seconds)
     if contexts and seconds > 0:
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"), record]
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            builder=ms.builder.LocalBuilder(
-                f_build=_build_candidate, max_workers=1, timeout_sec=WORKER_TIMEOUT
-            ),
-            runner=ms.runner.LocalRunner(timeout_sec=WORKER_TIMEOUT),
-            task_weights=weights,
-            work_dir=str(db_dir),
-            max_trials_global=MAX_TRIALS,
-            max_trials_per_task=MAX_TRIALS,
-            num_trials_per_iter=TRIALS_PER_ITER if seconds >= 300 else TRIALS_PER_ITER // 2,
-            database=database,
-            cost_model=cost_model,
-            measure_callbacks=callbacks,
-            task_scheduler=scheduler,
-        )
+        with _scheduler_log(db_dir):
+            run = (contexts, weights, db_dir, seconds, database, cost_model, callbacks)
+            _tune_tasks(ms, *run, scheduler)
     report = TuneReport(
         seconds_budget=float(seconds),
         seconds=round(time.monotonic() - start, 3),
@@ -205,6 +236,54 @@ def tune(mod: Any, target: Any, seconds: float, db_dir: Path) -> tuple[Any, Tune
         database=str(db_dir),
     )
     return apply(mod, target, db_dir), report
+
+
+def _tune_tasks(
+    ms: Any,
+    contexts: list[Any],
+    weights: list[float],
+    db_dir: Path,
+    seconds: float,
+    database: Any,
+    cost_model: str,
+    callbacks: list[Any],
+    scheduler: Any,
+) -> None:
+    ms.tune.tune_tasks(
+        tasks=contexts,
+        builder=ms.builder.LocalBuilder(
+            f_build=_build_candidate, max_workers=1, timeout_sec=WORKER_TIMEOUT
+        ),
+        runner=ms.runner.LocalRunner(timeout_sec=WORKER_TIMEOUT),
+        task_weights=weights,
+        work_dir=str(db_dir),
+        max_trials_global=MAX_TRIALS,
+        max_trials_per_task=MAX_TRIALS,
+        num_trials_per_iter=TRIALS_PER_ITER if seconds >= 300 else TRIALS_PER_ITER // 2,
+        database=database,
+        cost_model=cost_model,
+        measure_callbacks=callbacks,
+        task_scheduler=scheduler,
+    )
+
+
+@contextlib.contextmanager
+def _scheduler_log(db_dir: Path) -> Iterator[None]:
+    """MetaSchedule's own messages (the task table) into ``db_dir/logs/task_scheduler.log``
+    while tuning runs."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    (db_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(db_dir / "logs" / "task_scheduler.log", mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def apply(mod: Any, target: Any, db_dir: Path) -> Any:

@@ -58,6 +58,11 @@ GATE_PREFIX = "relugate_gate/"
 UNGATED_SUFFIX = "_ungated"
 PACKED_SUFFIX = "_and_ungated"  # the packed library output: concat([out, ungated], axis=0)
 COUNTS_SUFFIX = "_gate_counts"  # (2, *sample): per element, then in all, inputs left unchanged
+PREFUSE_MAX_TUNED_BATCH = 64
+"""Tuned gated libraries for batches this large keep the last layer out of the gate
+kernel: MetaSchedule cannot tile the fused kernel, so the layer ran on TVM's default
+schedule (mnist 256x2 prop_1_0.05 at batch 1024: about 3 ms of a 6.6 ms call, where
+the tuned layers took 3.2 ms); fusion only pays at small batches (kernel launches)."""
 MIN_COUNT_OPSET = 13  # ReduceSum takes its axes as an input from opset 13 on
 MAX_COUNT_OPSET = 17  # ReduceMin takes them as an attribute up to opset 17
 
@@ -329,7 +334,8 @@ def lower(
     tunes for about that long into ``tuning_db`` (a folder, reused across runs);
     with ``tune_seconds=0`` an existing ``tuning_db`` is applied without tuning.
     ``prefuse``: run ``gate_fusion.fuse_with_gates`` first (default: for gated models
-    on CPU targets; benchmarks force it to compare like with like).  ``gate_counts``:
+    on CPU targets, except tuned libraries for batches of ``PREFUSE_MAX_TUNED_BATCH``
+    or more; benchmarks force it to compare like with like).  ``gate_counts``:
     a gated library counts gate firings itself (see the module docstring).
     """
     import tvm
@@ -346,12 +352,14 @@ def lower(
     report = None
     if tune_seconds > 0 and target != "llvm":  # candidates run where measured (no RPC here)
         raise RelugateError("tuning is implemented for the host CPU (target llvm) only")
+    use_db = tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir())
+    tuned = use_db and batch is not None and target == "llvm"
     if prefuse is None:  # gated models on CPU: the gates join the last layer's kernel
         prefuse = len(specs) > 2 and info.target.kind.name == "llvm"
+        prefuse = prefuse and not (tuned and (batch or 1) >= PREFUSE_MAX_TUNED_BATCH)
     if prefuse:
         mod = fuse_with_gates(mod, info.target)
-    use_db = tuning_db is not None and (tune_seconds > 0 or tuning_db.is_dir())
-    if use_db and tuning_db is not None and batch is not None and target == "llvm":
+    if tuned and tuning_db is not None:
         mod, report = tuning.tune(mod, info.target, tune_seconds, tuning_db)
     executable = tvm.compile(mod, target=info.target)
     lowered = Lowered(
