@@ -18,6 +18,7 @@ from typing import Any
 
 # Importing a command module registers its commands on the app.
 from relugate.compiler import (  # noqa: F401
+    cli_bench,
     cli_build,
     cli_characterize,
     cli_project,
